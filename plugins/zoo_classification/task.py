@@ -1,0 +1,307 @@
+"""Image classification: folders of images, transforms from the backbone's config, cross-entropy.
+
+Data layouts:
+
+* ``DATA/train/CLASS/*.png`` and ``DATA/val/CLASS/*.png``;
+* ``DATA/CLASS/*.png``, split into train and val by a seeded, per-class fraction.
+
+Stage ``augment`` settings: ``hflip`` (probability), ``crop_scale`` (smallest area kept by a
+random resized crop), ``mixup`` and ``mosaic`` (probability that a batch is mixed; mosaic
+tiles four images into one with area-weighted labels), ``mixup_alpha``.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+from zoo_core.engine.task import TaskData
+from zoo_core.errors import DataError
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+
+
+@attrs.frozen
+class Batch:
+    inputs: Any  # (B, C, H, W) float tensor
+    targets: Any  # (B,) class indices, or (B, K) probabilities after mixing
+    labels: Any  # (B,) the unmixed class indices, for metrics
+    num_classes: int
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+def _images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _class_folders(root: Path) -> list[Path]:
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _read_split(root: Path, class_names: Sequence[str] | None = None) -> tuple[list[str], list[tuple[Path, int]]]:
+    folders = _class_folders(root)
+    if not folders:
+        raise DataError(f"{root}: no class folders; expected {root}/CLASS_NAME/image.png for each class")
+    names = list(class_names) if class_names is not None else [folder.name for folder in folders]
+    index = {name: i for i, name in enumerate(names)}
+    items = []
+    for folder in folders:
+        if folder.name not in index:
+            raise DataError(f"{folder}: class '{folder.name}' is not in the training classes ({', '.join(names)})")
+        images = _images(folder)
+        if not images:
+            raise DataError(f"{folder}: class folder has no images ({', '.join(IMAGE_SUFFIXES[:4])} …); add some or remove it")
+        items += [(path, index[folder.name]) for path in images]
+    return names, items
+
+
+def _seeded_split(items: list[tuple[Path, int]], fraction: float, seed: int) -> tuple[list, list]:
+    by_class: dict[int, list] = {}
+    for item in items:
+        by_class.setdefault(item[1], []).append(item)
+    train, val = [], []
+    rng = random.Random(seed)
+    for label in sorted(by_class):
+        members = list(by_class[label])
+        rng.shuffle(members)
+        count = max(1, round(len(members) * fraction)) if len(members) > 1 else 0
+        val += members[:count]
+        train += members[count:]
+    return sorted(train, key=lambda t: str(t[0])), sorted(val, key=lambda t: str(t[0]))
+
+
+class ImageDataset:
+    """Decodes each image once (kept as uint8 in memory), then applies the transform per access."""
+
+    def __init__(self, items: Sequence[tuple[Path, int]], num_classes: int, size: int, channels: int, transform: Any) -> None:
+        self.items = list(items)
+        self.num_classes = num_classes
+        self.size = size
+        self.channels = channels
+        self.transform = transform
+        self._decoded: dict[int, Any] = {}
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def _load(self, index: int) -> Any:
+        from PIL import Image, UnidentifiedImageError
+        from torchvision.transforms.v2 import functional as F
+
+        if index not in self._decoded:
+            path = self.items[index][0]
+            try:
+                with Image.open(path) as image:
+                    image = image.convert("L" if self.channels == 1 else "RGB")
+                    tensor = F.pil_to_tensor(image)
+            except (UnidentifiedImageError, OSError) as exc:
+                raise DataError(f"{path}: cannot read this image ({exc}); remove or replace it") from None
+            self._decoded[index] = F.resize(tensor, [self.size, self.size], antialias=True)
+        return self._decoded[index]
+
+    def __getitem__(self, index: int) -> tuple[Any, int, int]:
+        return self.transform(self._load(index)), self.items[index][1], self.num_classes
+
+
+class ClassificationMetrics:
+    """Accuracy, top-5 accuracy and macro-F1 from a confusion matrix."""
+
+    def __init__(self, num_classes: int) -> None:
+        import torch
+
+        self.num_classes = num_classes
+        self.confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
+        self.top5_hits = 0
+        self.count = 0
+
+    def update(self, outputs: Any, batch: Batch) -> None:
+        import torch
+
+        logits = outputs.detach().float().cpu()
+        labels = batch.labels.cpu()
+        predictions = logits.argmax(dim=1)
+        self.confusion += torch.bincount(labels * self.num_classes + predictions, minlength=self.num_classes**2).view(
+            self.num_classes, self.num_classes
+        )
+        k = min(5, self.num_classes)
+        self.top5_hits += int((logits.topk(k, dim=1).indices == labels[:, None]).any(dim=1).sum())
+        self.count += int(labels.numel())
+
+    def compute(self) -> dict[str, float]:
+        if self.count == 0:
+            return {"accuracy": 0.0, "top5": 0.0, "f1_macro": 0.0}
+        confusion = self.confusion.double()
+        true_positive = confusion.diag()
+        precision = true_positive / confusion.sum(dim=0).clamp(min=1)
+        recall = true_positive / confusion.sum(dim=1).clamp(min=1)
+        f1 = 2 * precision * recall / (precision + recall).clamp(min=1e-12)
+        present = confusion.sum(dim=1) > 0
+        return {
+            "accuracy": float(true_positive.sum() / self.count),
+            "top5": self.top5_hits / self.count,
+            "f1_macro": float(f1[present].mean()) if bool(present.any()) else 0.0,
+        }
+
+
+class ClassificationTask:
+    name = "classification"
+    augment_keys = frozenset({"hflip", "crop_scale", "mixup", "mixup_alpha", "mosaic"})
+    monitor = ("val_loss", "min")
+
+    # -- data ------------------------------------------------------------------------------------
+
+    def load_data(self, root: Path, *, seed: int, val_fraction: float) -> TaskData:
+        root = Path(root)
+        if not root.is_dir():
+            raise DataError(f"{root}: no such data folder")
+        train_dir, val_dir = root / "train", root / "val"
+        if train_dir.is_dir():
+            class_names, train = _read_split(train_dir)
+            if val_dir.is_dir():
+                _, val = _read_split(val_dir, class_names)
+                split = "train/ and val/ folders"
+            else:
+                train, val = _seeded_split(train, val_fraction, seed)
+                split = f"train/ split {1 - val_fraction:.0%}/{val_fraction:.0%} (seed {seed})"
+        else:
+            class_names, items = _read_split(root)
+            train, val = _seeded_split(items, val_fraction, seed)
+            split = f"one folder split {1 - val_fraction:.0%}/{val_fraction:.0%} (seed {seed})"
+        if len(class_names) < 2:
+            raise DataError(f"{root}: found {len(class_names)} class folder; classification needs at least 2")
+        if not val:
+            raise DataError(f"{root}: no validation images; add a val/ folder or more images per class")
+        return TaskData(root, tuple(class_names), train, val, split)
+
+    def input_config(self, model: Any, image_size: int | None) -> dict[str, Any]:
+        """Input size, channels, mean and std from the backbone's pretrained config (timm or torchvision)."""
+        from zoo_core.groups import unwrap
+
+        inner = unwrap(model)
+        source = getattr(inner, "backbone", inner)
+        cfg = dict(getattr(source, "pretrained_cfg", None) or {})
+        channels, height = 3, 224
+        if cfg.get("input_size"):
+            channels, height = cfg["input_size"][0], cfg["input_size"][1]
+        mean = tuple(cfg.get("mean", (0.485, 0.456, 0.406)))
+        std = tuple(cfg.get("std", (0.229, 0.224, 0.225)))
+        if len(mean) != channels:
+            mean, std = (sum(mean) / len(mean),) * channels, (sum(std) / len(std),) * channels
+        return {"size": image_size or height, "channels": channels, "mean": mean, "std": std}
+
+    def _transform(self, input_config: Mapping[str, Any], augment: Mapping[str, Any]) -> Any:
+        import torch
+        from torchvision.transforms import v2
+
+        steps: list[Any] = []
+        if augment.get("crop_scale"):
+            scale = float(augment["crop_scale"])
+            steps.append(v2.RandomResizedCrop(input_config["size"], scale=(scale, 1.0), antialias=True))
+        if augment.get("hflip"):
+            steps.append(v2.RandomHorizontalFlip(float(augment["hflip"])))
+        steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(input_config["mean"]), list(input_config["std"]))]
+        return v2.Compose(steps)
+
+    def dataset(self, data: TaskData, split: str, *, input_config: Mapping[str, Any], augment: Mapping[str, Any]) -> Any:
+        items = data.train if split == "train" else data.val
+        transform = self._transform(input_config, augment if split == "train" else {})
+        return ImageDataset(items, len(data.class_names), int(input_config["size"]), int(input_config["channels"]), transform)
+
+    def collate(self, items: Sequence[tuple[Any, int, int]]) -> Batch:
+        import torch
+
+        inputs = torch.stack([item[0] for item in items])
+        labels = torch.tensor([item[1] for item in items], dtype=torch.long)
+        return Batch(inputs, labels, labels, items[0][2])
+
+    def deterministic(self, augment: Mapping[str, Any]) -> bool:
+        """Whether a stage's inputs are the same every epoch (then trunk features can be cached)."""
+        return not any(augment.get(key) for key in ("hflip", "crop_scale", "mixup", "mosaic"))
+
+    # -- batch-level augmentation -------------------------------------------------------------------
+
+    def augment_batch(self, batch: Batch, augment: Mapping[str, Any], generator: Any) -> Batch:
+        """Mosaic or mixup, each with its probability per batch; targets become class probabilities."""
+        import torch
+
+        mosaic, mixup = float(augment.get("mosaic", 0) or 0), float(augment.get("mixup", 0) or 0)
+        if not (mosaic or mixup):
+            return batch
+        draw = float(torch.rand((), generator=generator))
+        if draw >= mosaic + mixup:
+            return batch
+        soft = torch.nn.functional.one_hot(batch.labels, batch.num_classes).to(batch.inputs.dtype)
+        size = batch.inputs.shape[0]
+        if draw < mosaic:
+            inputs, targets = _mosaic(batch.inputs, soft, generator)
+        else:
+            alpha = float(augment.get("mixup_alpha", 0.2))
+            lam = float(torch.distributions.Beta(alpha, alpha).sample()) if alpha > 0 else 0.5
+            lam = max(lam, 1 - lam)
+            order = torch.randperm(size, generator=generator).to(batch.inputs.device)
+            inputs = lam * batch.inputs + (1 - lam) * batch.inputs[order]
+            targets = lam * soft + (1 - lam) * soft[order]
+        return Batch(inputs, targets, batch.labels, batch.num_classes)
+
+    # -- model, loss, metrics ---------------------------------------------------------------------------
+
+    def to_device(self, batch: Batch, device: Any, channels_last: bool) -> Batch:
+        import torch
+
+        inputs = batch.inputs.to(device, non_blocking=True)
+        if channels_last and inputs.dim() == 4:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        return Batch(
+            inputs, batch.targets.to(device, non_blocking=True), batch.labels.to(device, non_blocking=True), batch.num_classes
+        )
+
+    def inputs(self, batch: Batch) -> Any:
+        return batch.inputs
+
+    def with_inputs(self, batch: Batch, inputs: Any) -> Batch:
+        return Batch(inputs, batch.targets, batch.labels, batch.num_classes)
+
+    def forward(self, model: Any, batch: Batch) -> Any:
+        outputs = model(batch.inputs)
+        if isinstance(outputs, Mapping):  # a multi-head ZooModel: the first head is the classifier
+            outputs = next(iter(outputs.values()))
+        return outputs
+
+    def loss(self, outputs: Any, batch: Batch, *, loss_scales: Mapping[str, float], label_smoothing: float) -> dict[str, Any]:
+        import torch.nn.functional as F
+
+        ce = F.cross_entropy(outputs.float(), batch.targets, label_smoothing=label_smoothing)
+        scale = float(loss_scales.get("cls", 1.0))
+        return {"loss": ce * scale, "cls": ce.detach()}
+
+    def metrics(self, num_classes: int) -> ClassificationMetrics:
+        return ClassificationMetrics(num_classes)
+
+    def batch_size(self, batch: Batch) -> int:
+        return len(batch)
+
+
+def _mosaic(inputs: Any, soft: Any, generator: Any) -> tuple[Any, Any]:
+    """Tile each image with three others (half resolution each); labels weighted by area."""
+    import torch
+    import torch.nn.functional as F
+
+    size, _, height, width = inputs.shape
+    half_h, half_w = height // 2, width // 2
+    orders = [torch.arange(size)] + [torch.randperm(size, generator=generator) for _ in range(3)]
+    tiles = [F.interpolate(inputs[order.to(inputs.device)], size=(half_h, half_w), mode="bilinear", align_corners=False) for order in orders]
+    top = torch.cat([tiles[0], tiles[1]], dim=3)
+    bottom = torch.cat([tiles[2], tiles[3]], dim=3)
+    mosaic = torch.cat([top, bottom], dim=2)
+    if mosaic.shape[-2:] != inputs.shape[-2:]:
+        mosaic = F.interpolate(mosaic, size=(height, width), mode="bilinear", align_corners=False)
+    targets = sum(soft[order.to(soft.device)] for order in orders) / 4
+    return mosaic, targets

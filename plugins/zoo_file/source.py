@@ -1,0 +1,77 @@
+"""The ``file`` source: Zoo checkpoints and exports, rebuilt from their provenance."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from zoo_core.errors import CheckpointError
+from zoo_core.names import ModelRef
+from zoo_core.specs import LocationKind, ResolvedModel, WeightsFile
+
+log = logging.getLogger(__name__)
+
+
+class FileSource:
+    name = "file"
+    priority = None  # bare paths are recognised by the registry itself
+    tagged = False
+    revisioned = False
+    description = "local .pt/.pth/.safetensors files whose provenance names their model"
+
+    def index_version(self) -> str | None:
+        return None
+
+    def build_index(self) -> list[Any]:
+        return []
+
+    def resolve(self, ref: ModelRef, registry: Any) -> ResolvedModel:
+        from zoo_core.checkpoint import read_tensor_info
+        from zoo_core.paths import display
+
+        path = Path(ref.name).expanduser()
+        if not path.is_file():
+            raise CheckpointError(f"{ref.name}: no such checkpoint file")
+        _, meta = read_tensor_info(path)
+        provenance = meta.get("provenance") or {}
+        base = provenance.get("model")
+        if not base:
+            raise CheckpointError(
+                f"{display(path)}: has no provenance naming the model it belongs to; carry its weights into a "
+                f"named model instead: `zoo transfer {display(path)} --to NAME -o OUT.pt`"
+            )
+        base_resolved = registry.resolve(base)
+        class_names = provenance.get("class_names")
+        return ResolvedModel(
+            name=f"file:{path.resolve()}",
+            source=self.name,
+            architecture=base_resolved.name,
+            weights=WeightsFile(LocationKind.LOCAL, path.name, path=str(path.resolve())),
+            num_classes=provenance.get("num_classes"),
+            class_names=tuple(class_names) if class_names else None,
+            extra={"provenance": provenance},
+        )
+
+    def create(
+        self,
+        resolved: ResolvedModel,
+        *,
+        registry: Any,
+        weights_path: Path | None,
+        num_classes: int | None,
+        **kwargs: Any,
+    ) -> Any:
+        from zoo_core.checkpoint import KNOWN_PREFIXES, read_checkpoint
+        from zoo_core.heads import replace_head
+        from zoo_core.models import create_model
+
+        model = create_model(
+            resolved.architecture, pretrained=False, num_classes=resolved.num_classes, registry=registry, **kwargs
+        )
+        if weights_path is not None:
+            state_dict = read_checkpoint(weights_path, strip=KNOWN_PREFIXES).state_dict
+            model.load_state_dict(state_dict, strict=True)
+        if num_classes is not None and num_classes != resolved.num_classes:
+            replace_head(model, num_classes)
+        return model

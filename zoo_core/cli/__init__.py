@@ -1,0 +1,189 @@
+"""The ``zoo`` command. ``main(argv)`` is the entry point; it returns the exit status.
+
+The parser is built here without importing torch; each command's handler lives in a module
+that is imported only when that command runs, so ``zoo list`` and ``zoo plugins`` stay light.
+Bad input (any :class:`zoo_core.errors.ZooError`) prints one line, ``zoo: error: …``, and
+exits with status 2; ``--debug`` adds the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+import traceback
+from collections.abc import Sequence
+
+from ..errors import ZooError
+
+log = logging.getLogger("zoo_core.cli")
+
+
+class UsageError(ZooError):
+    """Command-line arguments argparse refused."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, no usage dump
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+def _handler(module: str, function: str) -> str:
+    return f"zoo_core.cli.{module}:{function}"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="zoo", description="Model-zoo registry and transfer-learning engine for PyTorch.")
+    parser.add_argument("--registry", action="append", default=[], metavar="FILE", help="extra catalog file (repeatable)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress (INFO)")
+    parser.add_argument("--debug", action="store_true", help="log everything and show tracebacks")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    def command(name: str, help_text: str, handler: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    sub = command("list", "list model names (aliases, tiers, source architectures)", _handler("registry_cmds", "cmd_list"))
+    sub.add_argument("pattern", nargs="?", help="shell-style pattern, e.g. 'resnet1*'")
+    sub.add_argument("--source", help="only this source (timm, torchvision, alias, tier, …)")
+    sub.add_argument("--pretrained", action="store_true", help="only names with pretrained weights")
+    sub.add_argument("--json", action="store_true")
+
+    sub = command("info", "resolve a name: source, tag, revision, cache state, files, parameters", _handler("registry_cmds", "cmd_info"))
+    sub.add_argument("name")
+    sub.add_argument("--groups", action="store_true", help="show the layer groups")
+    sub.add_argument("--fine", action="store_true", help="fine-grained groups (one per block)")
+    sub.add_argument("--num-classes", type=int, help="build with this many classes")
+    sub.add_argument("--json", action="store_true")
+
+    sub = command("pull", "download weights into the caches and pin them in the lock file", _handler("registry_cmds", "cmd_pull"))
+    sub.add_argument("names", nargs="+", metavar="NAME")
+    sub.add_argument("--json", action="store_true")
+
+    sub = command("import", "register a local weights file for NAME (air-gapped machines)", _handler("registry_cmds", "cmd_import"))
+    sub.add_argument("name")
+    sub.add_argument("file")
+    sub.add_argument("--json", action="store_true")
+
+    sub = command("plugins", "list plugins: loaded, blocked or failed", _handler("registry_cmds", "cmd_plugins"))
+    sub.add_argument("--json", action="store_true")
+
+    sub = command("tiers", "list tier families, or the tiers of one", _handler("registry_cmds", "cmd_tiers"))
+    sub.add_argument("family", nargs="?")
+    sub.add_argument("--json", action="store_true")
+
+    sub = command("recipes", "list recipes, or show the stages of one", _handler("registry_cmds", "cmd_recipes"))
+    sub.add_argument("name", nargs="?")
+    sub.add_argument("--json", action="store_true")
+
+    sub = command("transfer", "plan (and apply) carrying weights from SOURCE into TARGET", _handler("transfer_cmds", "cmd_transfer"))
+    sub.add_argument("source", help="checkpoint path or registry name (its pretrained weights)")
+    sub.add_argument("--to", required=True, dest="target", metavar="TARGET", help="registry name of the target model")
+    sub.add_argument("--num-classes", type=int)
+    sub.add_argument("--classes", help="comma-separated class names of the target (class-aware head rows)")
+    sub.add_argument("--rules", action="append", default=[], metavar="NAME", help="apply the transfer rules of a tier family")
+    sub.add_argument("--include", action="append", default=[], metavar="REGEX")
+    sub.add_argument("--exclude", action="append", default=[], metavar="REGEX")
+    sub.add_argument("--rename", action="append", default=[], metavar="REGEX=REPLACEMENT")
+    sub.add_argument("--shape", choices=("skip", "adapt"), help="what to do with tensors whose shapes differ")
+    sub.add_argument("--no-suffix-match", action="store_true", help="do not fall back to dotted-suffix matching")
+    sub.add_argument("--require", action="append", default=[], metavar="GROUP=FRAC", help="coverage policy, e.g. backbone=1.0")
+    sub.add_argument("--strict", action="store_true", help="every target tensor must be carried")
+    sub.add_argument("--plan", action="store_true", help="only show the plan; write nothing")
+    sub.add_argument("--min-epochs", type=int, default=50, help="warn when a training checkpoint has fewer epochs")
+    sub.add_argument("--verbose-plan", action="store_true", help="list plain copies too")
+    sub.add_argument("--json", action="store_true")
+    sub.add_argument("-o", "--output", metavar="OUT", help="save the target with the carried weights (.pt or .safetensors)")
+
+    sub = command("export", "export a checkpoint's weights as safetensors with provenance metadata", _handler("transfer_cmds", "cmd_export"))
+    sub.add_argument("checkpoint")
+    sub.add_argument("--backbone-only", action="store_true", help="only backbone tensors (backbone role)")
+    sub.add_argument("-o", "--output", required=True, metavar="OUT.safetensors")
+
+    sub = command("features", "print the shapes of a model's intermediate feature maps", _handler("train_cmds", "cmd_features"))
+    sub.add_argument("name")
+    sub.add_argument("--layers", nargs="*", help="layer names or indices (default: every stage)")
+    sub.add_argument("--pool", choices=("none", "avg", "max"), default="none")
+    sub.add_argument("--size", type=int, default=224, help="input resolution")
+    sub.add_argument("--json", action="store_true")
+
+    sub = command("finetune", "run a recipe on a data folder", _handler("train_cmds", "cmd_finetune"))
+    sub.add_argument("--recipe", required=True)
+    sub.add_argument("--model", required=True, help="registry name or checkpoint to start from")
+    sub.add_argument("--data", required=True, help="image folder (train/ and val/, or one folder to split)")
+    sub.add_argument("--task", help="task plugin (default: the recipe's, else classification)")
+    sub.add_argument("--run-dir", help="run folder (default: runs/<recipe>-<model>)")
+    sub.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
+    sub.add_argument("--nproc", type=int, default=1, help="processes (DDP through torchrun)")
+    sub.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe value, e.g. stages.0.epochs=1")
+    sub.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=True, help="start from pretrained weights")
+    sub.add_argument("--image-size", type=int, help="input resolution (default: the model's)")
+    sub.add_argument("--val-fraction", type=float, default=0.2)
+    sub.add_argument("--workers", type=int, default=0, help="data-loading processes")
+    sub.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
+    sub.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND", help="torch.compile the model")
+    sub.add_argument("--no-cache", action="store_true", help="never cache backbone features")
+    sub.add_argument("--seed", type=int)
+    sub.add_argument("--json", action="store_true")
+
+    sub = command("eval", "evaluate a checkpoint on a data folder", _handler("train_cmds", "cmd_eval"))
+    sub.add_argument("checkpoint")
+    sub.add_argument("--data", required=True)
+    sub.add_argument("--task")
+    sub.add_argument("--split", choices=("val", "train", "all"), default="val")
+    sub.add_argument("--device")
+    sub.add_argument("--json", action="store_true")
+
+    sub = command("plot", "draw loss and metric curves of a run, with stage boundaries", _handler("train_cmds", "cmd_plot"))
+    sub.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    sub.add_argument("-o", "--output", metavar="FILE.png")
+
+    sub = command("demo", "transfer beats scratch: pretrain on digits 0-4, transfer to 5-9", _handler("demo_cmds", "cmd_demo"))
+    sub.add_argument("--quick", action="store_true", help="a smoke-sized run")
+    sub.add_argument("--out", default="zoo-demo", help="output folder")
+    sub.add_argument("--seed", type=int, default=0)
+    sub.add_argument("--json", action="store_true")
+    return parser
+
+
+def _configure_logging(verbose: bool, debug: bool) -> None:
+    level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="zoo: %(levelname)s: %(message)s", stream=sys.stderr, force=True)
+    if not debug:  # third-party libraries speak up only when asked
+        for noisy in ("timm", "huggingface_hub", "urllib3", "PIL", "matplotlib"):
+            logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+
+
+def _resolve_handler(spec: str):
+    module_name, _, function = spec.partition(":")
+    return getattr(importlib.import_module(module_name), function)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``zoo`` with ``argv`` (default: ``sys.argv[1:]``); return the exit status."""
+    parser = build_parser()
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    try:
+        args = parser.parse_args(argv)
+        args._argv = list(argv) if argv is not None else sys.argv[1:]  # for re-launching under torchrun
+        _configure_logging(args.verbose, args.debug)
+        if not getattr(args, "handler", None):
+            parser.print_help()
+            return 0
+        return int(_resolve_handler(args.handler)(args) or 0)
+    except ZooError as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"zoo: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("zoo: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `zoo list | head`
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

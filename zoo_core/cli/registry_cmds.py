@@ -1,0 +1,240 @@
+"""``zoo list / info / pull / import / plugins / tiers / recipes``.
+
+``list`` and ``plugins`` never import torch: names come from the index files that
+:mod:`zoo_core.sources` keeps under ``$ZOO_HOME/index``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from .common import human_count, print_json, registry_for, table
+
+
+def cmd_list(args: Any) -> int:
+    registry = registry_for(args)
+    rows = registry.list_models(args.pattern, source=args.source, pretrained=args.pretrained)
+    if args.json:
+        print_json([row.to_dict() for row in rows])
+        return 0
+    if not rows:
+        print(f"no names match {args.pattern or '*'!r}; run `zoo list` without a pattern to see all", file=sys.stderr)
+        return 0
+    print(table([(row.name, row.kind, ", ".join(row.tags) or row.description) for row in rows], ("NAME", "KIND", "TAGS / TARGET")))
+    return 0
+
+
+def cmd_info(args: Any) -> int:
+    from ..errors import WeightsError
+    from ..groups import layer_groups
+    from ..models import build_skeleton
+    from ..weights import locate
+
+    registry = registry_for(args)
+    resolved = registry.resolve(args.name)
+    data = resolved.to_dict()
+    try:
+        located = locate(resolved) if (resolved.has_weights or _imported(resolved)) else None
+    except WeightsError as exc:
+        located, data["cache_error"] = None, str(exc)
+    data["cached"] = located is not None
+    data["files"] = [item.to_dict() for item in located] if located else []
+    model = build_skeleton(resolved, registry=registry, num_classes=args.num_classes)
+    data["parameters"] = sum(parameter.numel() for parameter in model.parameters())
+    groups = None
+    if args.groups:
+        groups = layer_groups(model, granularity="fine" if args.fine else "coarse", registry=registry)
+        data["groups"] = groups.to_rows()
+    if args.json:
+        print_json(data)
+        return 0
+    print(f"name          {data['name']}")
+    if data["requested"] != data["name"]:
+        print(f"requested     {data['requested']}  ({data['via']})")
+    print(f"source        {data['source']}  (architecture {data['architecture']})")
+    print(f"tag           {data['tag'] or '-'}")
+    print(f"revision      {data['revision'] or '-'}")
+    print(f"pretrained    {'yes' if data['pretrained'] else 'no'}" + (f", {data['num_classes']} classes" if data["num_classes"] else ""))
+    print(f"cached        {'yes' if data['cached'] else 'no'}" + (f"  ({data['cache_error']})" if "cache_error" in data else ""))
+    for item in data["files"]:
+        pin = "pinned" if item["pinned"] else "not pinned"
+        print(f"  {item['filename']}  sha256 {item['sha256']}  {human_count(item['size'])}B  {pin}\n    {item['path']}")
+    print(f"parameters    {data['parameters']:,} ({human_count(data['parameters'])})")
+    if groups is not None:
+        print()
+        print(table([(i, g.name, g.role.value, f"{g.numel:,}", len(g.params)) for i, g in enumerate(groups)],
+                    ("#", "GROUP", "ROLE", "PARAMETERS", "TENSORS")))
+    return 0
+
+
+def _imported(resolved: Any) -> bool:
+    from ..lockfile import LockFile
+
+    entry = LockFile.read().get(resolved.name)
+    return entry is not None and entry.method == "import"
+
+
+def cmd_pull(args: Any) -> int:
+    from ..lockfile import LockFile
+    from ..weights import pull
+
+    registry = registry_for(args)
+    lock = LockFile.read()
+    pinned = []
+    for name in args.names:
+        entry = pull(registry.resolve(name), lock)
+        pinned.append(entry)
+        if not args.json:
+            for item in entry.files:
+                print(f"pinned {entry.name}: {item.filename} sha256 {item.sha256[:16]}… ({human_count(item.size)}B)")
+    if args.json:
+        print_json({"lock": str(lock.path), "models": {entry.name: entry.to_dict() for entry in pinned}})
+    else:
+        print(f"lock file: {lock.path}")
+    return 0
+
+
+def cmd_import(args: Any) -> int:
+    from ..lockfile import LockFile
+    from ..weights import import_file
+
+    registry = registry_for(args)
+    resolved = registry.resolve(args.name)
+    lock = LockFile.read()
+    entry = import_file(resolved, Path(args.file), lock)
+    if args.json:
+        print_json({"lock": str(lock.path), "name": entry.name, **entry.to_dict()})
+    else:
+        item = entry.files[0]
+        print(f"imported {args.file} as {entry.name}: sha256 {item.sha256[:16]}… pinned in {lock.path}")
+    return 0
+
+
+def cmd_plugins(args: Any) -> int:
+    from ..plugins import load_plugins
+
+    host = load_plugins(strict=False)
+    records = sorted(host.records, key=lambda record: record.name)
+    if args.json:
+        print_json([record.to_dict() for record in records])
+        return 0
+    rows = []
+    for record in records:
+        detail = record.error or ", ".join(hook.removeprefix("zoo_") for hook in record.hooks)
+        version = f"{record.distribution} {record.version}" if record.distribution else "-"
+        rows.append((record.name, record.status.value, version, record.module, detail))
+    print(table(rows, ("PLUGIN", "STATUS", "DISTRIBUTION", "MODULE", "HOOKS / ERROR")))
+    return 0
+
+
+def cmd_tiers(args: Any) -> int:
+    registry = registry_for(args)
+    if args.family is None:
+        families = sorted(registry.families.values(), key=lambda family: family.name)
+        if args.json:
+            print_json([_family_dict(family) for family in families])
+            return 0
+        rows = [(f.name, ", ".join(t.tier for t in f.ordered()), str(f.origin), f.description) for f in families]
+        print(table(rows, ("FAMILY", "TIERS", "ORIGIN", "DESCRIPTION")))
+        return 0
+    family = registry.family(args.family)
+    if args.json:
+        print_json(_family_dict(family))
+        return 0
+    print(f"{family.name}: {family.description}  ({family.origin})")
+    rows = []
+    for tier in family.ordered():
+        heads = ", ".join(f"{name}:{head.kind}" for name, head in tier.heads.items())
+        neck = tier.neck.kind if tier.neck else "-"
+        rows.append((tier.name, tier.rank, tier.backbone, neck, heads, "pinned" if tier.weights else "-"))
+    print(table(rows, ("TIER", "RANK", "BACKBONE", "NECK", "HEADS", "WEIGHTS")))
+    rules = family.rules.to_dict()
+    shown = {key: value for key, value in rules.items() if value not in (None, [], ())}
+    if shown:
+        print(f"transfer rules: {shown}")
+    return 0
+
+
+def _family_dict(family: Any) -> dict[str, Any]:
+    return {
+        "name": family.name,
+        "description": family.description,
+        "origin": str(family.origin),
+        "builder": family.builder,
+        "rules": family.rules.to_dict(),
+        "tiers": [
+            {
+                "name": tier.name,
+                "tier": tier.tier,
+                "rank": tier.rank,
+                "backbone": tier.backbone,
+                "neck": {"kind": tier.neck.kind, **tier.neck.options} if tier.neck else None,
+                "heads": {name: {"kind": h.kind, "out": h.out, **h.options} for name, h in tier.heads.items()},
+                "params": dict(tier.params),
+                "weights": bool(tier.weights),
+                "description": tier.description,
+            }
+            for tier in family.ordered()
+        ],
+    }
+
+
+def describe_trains(stage: Any) -> str:
+    if stage.train is not None:
+        trains = "+".join(stage.train)
+    elif stage.freeze is not None:
+        trains = {0: "all", 1: "all but backbone", 2: "heads"}[stage.freeze]
+    else:
+        trains = "all"
+    if stage.unfreeze_every:
+        trains += f", +1 group every {stage.unfreeze_every} ep"
+    return trains
+
+
+def describe_lr(stage: Any) -> str:
+    lr = stage.lr
+    if lr.value is not None:
+        return f"{lr.value:g}"
+    if lr.base is not None:
+        return f"{lr.base:g} / {lr.decay:g}^depth" if lr.decay else f"{lr.base:g}"
+    return ", ".join(f"{key}={value:g}" for key, value in lr.per_group.items())
+
+
+def cmd_recipes(args: Any) -> int:
+    registry = registry_for(args)
+    if args.name is None:
+        recipes = sorted(registry.recipes.values(), key=lambda recipe: recipe.name)
+        if args.json:
+            print_json([{**recipe.to_dict(), "origin": str(recipe.origin)} for recipe in recipes])
+            return 0
+        rows = [(r.name, len(r.stages), r.total_epochs, r.description) for r in recipes]
+        print(table(rows, ("RECIPE", "STAGES", "EPOCHS", "DESCRIPTION")))
+        return 0
+    recipe = registry.recipe(args.name)
+    if args.json:
+        print_json({**recipe.to_dict(), "origin": str(recipe.origin)})
+        return 0
+    print(f"{recipe.name}: {recipe.description}  ({recipe.origin})")
+    extras = f"optimizer {recipe.optimizer.value}, weight decay {recipe.weight_decay:g}, batch {recipe.batch_size}"
+    if recipe.max_lr is not None:
+        extras += f", max lr {recipe.max_lr:g}"
+    print(extras)
+    rows = []
+    for index, stage in enumerate(recipe.stages):
+        other = []
+        if stage.warmup_epochs:
+            other.append(f"warmup {stage.warmup_epochs:g}")
+        if stage.ema:
+            other.append(f"ema {stage.ema:g}")
+        if stage.grad_clip:
+            other.append(f"clip {stage.grad_clip:g}")
+        if stage.early_stop:
+            other.append(f"early stop {stage.early_stop.monitor}/{stage.early_stop.patience}")
+        if stage.drift_guard:
+            other.append(f"drift ±{stage.drift_guard.band:.0%} {stage.drift_guard.action.value}")
+        augment = ", ".join(f"{k}={v}" for k, v in stage.augment.items()) or "-"
+        rows.append((index, stage.name or "-", stage.epochs, describe_trains(stage), describe_lr(stage), stage.schedule.value, augment, stage.bn.value, "; ".join(other)))
+    print(table(rows, ("#", "STAGE", "EPOCHS", "TRAINS", "LR", "SCHEDULE", "AUGMENT", "BN", "OTHER")))
+    return 0

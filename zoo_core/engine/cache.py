@@ -1,0 +1,139 @@
+"""The feature cache: when only the heads train over a deterministic trunk, run the trunk once.
+
+Caching is used only when it provably gives the same results as not caching:
+
+* every trainable parameter lives in the head module (a ZooModel's heads, else the classifier);
+* nothing outside the head is stochastic in training mode (dropout, drop-path) and every
+  BatchNorm outside it is frozen (its statistics would otherwise move);
+* the task says the stage's input transforms are deterministic (no random crops or flips).
+
+The trunk's output is captured as the head's input with a forward pre-hook, so any
+architecture works; the first batch is checked (head(captured) == model(x)) before the cache
+is trusted.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from ..freeze import is_pinned
+from ..heads import find_classifier
+
+log = logging.getLogger(__name__)
+
+STOCHASTIC_NAMES = ("Dropout", "DropPath", "StochasticDepth", "DropBlock")
+
+
+@attrs.frozen
+class HeadSplit:
+    module: nn.Module  # holds every trainable parameter
+    forward: Callable[[torch.Tensor], Any]  # runs the heads on trunk output
+
+
+def _head_split(model: nn.Module) -> HeadSplit | None:
+    split = getattr(model, "zoo_head_split", None)
+    if callable(split):
+        module, forward = split()
+        return HeadSplit(module, forward)
+    try:
+        _, classifier = find_classifier(model)
+    except Exception:
+        return None
+    return HeadSplit(classifier, classifier)
+
+
+def _is_stochastic(module: nn.Module) -> bool:
+    name = type(module).__name__
+    if not any(token in name for token in STOCHASTIC_NAMES):
+        return False
+    probability = next((getattr(module, a) for a in ("p", "drop_prob") if isinstance(getattr(module, a, None), (int, float))), 1.0)
+    return probability > 0
+
+
+def plan_cache(model: nn.Module, deterministic_inputs: bool) -> tuple[HeadSplit | None, str]:
+    """The head split to cache under, or ``None`` and the reason caching is off."""
+    if not deterministic_inputs:
+        return None, "the stage's input transforms are random"
+    split = _head_split(model)
+    if split is None:
+        return None, "no head module found"
+    head_params = {id(p) for p in split.module.parameters()}
+    if any(p.requires_grad and id(p) not in head_params for p in model.parameters()):
+        return None, "layers outside the heads train"
+    drop_rate = getattr(model, "drop_rate", 0)  # timm applies head dropout functionally, not as a module
+    if isinstance(drop_rate, (int, float)) and drop_rate > 0:
+        return None, f"the model applies dropout ({drop_rate}) before its classifier"
+    head_modules = {id(m) for m in split.module.modules()}
+    for name, module in model.named_modules():
+        if id(module) in head_modules:
+            continue
+        if _is_stochastic(module):
+            return None, f"{name} is stochastic ({type(module).__name__})"
+        if isinstance(module, _BatchNorm) and not is_pinned(module) and module.training:
+            return None, f"{name} updates BatchNorm statistics"
+    return split, ""
+
+
+@torch.no_grad()
+def compute_features(
+    model: nn.Module, split: HeadSplit, batches: Any, to_inputs: Callable[[Any], torch.Tensor], autocast: Any
+) -> torch.Tensor | None:
+    """Run the model over ``batches`` capturing the heads' input; ``None`` if the check fails."""
+    captured: list[torch.Tensor] = []
+    zoo_model = callable(getattr(model, "zoo_head_split", None))
+    handle = None if zoo_model else split.module.register_forward_pre_hook(lambda _, args: captured.append(args[0].detach()))
+    features = []
+    try:
+        for batch in batches:
+            inputs = to_inputs(batch)
+            captured.clear()
+            with autocast:
+                if zoo_model:
+                    captured.append(model.forward_features(inputs).detach())
+                    full = model.forward_heads(captured[0])
+                else:
+                    full = model(inputs)
+            if not features and not _close(split.forward(captured[0]), full):
+                log.info("feature cache off: the heads' input does not reproduce the model's output")
+                return None
+            features.append(captured[0].float().cpu())
+    finally:
+        if handle is not None:
+            handle.remove()
+    return torch.cat(features) if features else None
+
+
+def _close(a: Any, b: Any) -> bool:
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_close(a[k], b[k]) for k in a)
+    return torch.allclose(a.float(), b.float(), atol=1e-5, rtol=1e-4)
+
+
+class IndexDataset(torch.utils.data.Dataset):
+    """Yields indices; the collate function turns them into batches with cached inputs."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index: int) -> int:
+        return index
+
+
+def cached_collate(task: Any, dataset: Any, features: torch.Tensor) -> Callable[[list[int]], Any]:
+    """Batches built by the task from the same items, with the trunk output as inputs."""
+
+    def collate(indices: list[int]) -> Any:
+        batch = task.collate([dataset[i] for i in indices])
+        return task.with_inputs(batch, features[torch.as_tensor(indices)])
+
+    return collate

@@ -1,0 +1,99 @@
+"""Guards that can end a stage or a run: early stopping, the drift guard, non-finite losses."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+from ..errors import RunError
+from ..specs import DriftAction, DriftGuard, DriftWatch, EarlyStop
+
+log = logging.getLogger(__name__)
+
+
+@attrs.define
+class EarlyStopping:
+    """Counts epochs without improvement of ``spec.monitor``; ``update`` says when to stop."""
+
+    spec: EarlyStop
+    best: float | None = None
+    bad_epochs: int = 0
+
+    def update(self, metrics: Mapping[str, float]) -> bool:
+        if self.spec.monitor not in metrics:
+            raise RunError(
+                f"early_stop.monitor '{self.spec.monitor}' is not a reported metric (available: {', '.join(sorted(metrics))})"
+            )
+        value = metrics[self.spec.monitor]
+        improved = self.best is None or (
+            value < self.best - self.spec.min_delta if self.spec.mode == "min" else value > self.best + self.spec.min_delta
+        )
+        if improved:
+            self.best, self.bad_epochs = value, 0
+        else:
+            self.bad_epochs += 1
+        return self.bad_epochs >= self.spec.patience
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "bad_epochs": self.bad_epochs}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.best, self.bad_epochs = state["best"], state["bad_epochs"]
+
+
+def drift_violations(guard: DriftGuard, baseline: Mapping[str, float], current: Mapping[str, float]) -> list[str]:
+    """Loss components outside ``baseline × (1 ± band)``, as readable strings."""
+    names = guard.components or tuple(baseline)
+    found = []
+    for name in names:
+        if name not in baseline or name not in current or not baseline[name]:
+            continue
+        ratio = current[name] / baseline[name]
+        above = ratio > 1 + guard.band
+        below = guard.watch is DriftWatch.BOTH and ratio < 1 - guard.band
+        if above or below:
+            found.append(f"{name} {current[name]:.4g} is {ratio - 1:+.0%} from the pretrained baseline {baseline[name]:.4g}")
+    return found
+
+
+def check_drift(guard: DriftGuard | None, baseline: Mapping[str, float] | None, current: Mapping[str, float], where: str) -> bool:
+    """Warn about drift, or report that the run must stop (``True``) when the guard says so."""
+    if guard is None or not baseline:
+        return False
+    violations = drift_violations(guard, baseline, current)
+    if not violations:
+        return False
+    message = f"{where}: drift guard (±{guard.band:.0%}): " + "; ".join(violations)
+    if guard.action is DriftAction.STOP:
+        log.error("%s; stopping", message)
+        return True
+    log.warning(message)
+    return False
+
+
+@attrs.define
+class NonFiniteGuard:
+    """Skips steps with a non-finite loss and gives up after ``limit`` in a row."""
+
+    limit: int = 3
+    in_a_row: int = 0
+    skipped: int = 0
+
+    def check(self, loss_value: float, where: str) -> bool:
+        """``True`` when the step may proceed; ``False`` to skip it. Raises after too many."""
+        if math.isfinite(loss_value):
+            self.in_a_row = 0
+            return True
+        self.in_a_row += 1
+        self.skipped += 1
+        log.warning("%s: non-finite loss (%s); step skipped (%d in a row)", where, loss_value, self.in_a_row)
+        if self.in_a_row >= self.limit:
+            raise RunError(
+                f"{where}: {self.in_a_row} non-finite losses in a row; stopped. Lower the learning rate or check the data; "
+                "the last good checkpoint is kept"
+            )
+        return False

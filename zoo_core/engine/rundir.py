@@ -1,0 +1,148 @@
+"""The run folder: what a run was, its metrics, and checkpoints that survive being killed.
+
+Layout::
+
+    RUN/run.json          recipe, model, task, data, seed: what --resume must match
+    RUN/recipe.json       the resolved recipe (after --set overrides)
+    RUN/provenance.json   where the starting weights came from (and the transfer plan)
+    RUN/metrics.jsonl     one row per epoch
+    RUN/checkpoints/last.pt, last.prev.pt, best.pt, stage-<i>-<name>.pt
+
+``last.pt`` is rotated to ``last.prev.pt`` before each new one is written (atomically), so a
+good checkpoint exists at every instant; resuming falls back through them and says so.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from ..checkpoint import check_finite, save_checkpoint, torch_load
+from ..errors import CheckpointError, RunError
+from ..fileio import atomic_write_json, fsync_dir
+
+log = logging.getLogger(__name__)
+
+IDENTITY_KEYS = ("recipe", "model", "task")
+
+
+class RunFolder:
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self.checkpoints = self.path / "checkpoints"
+
+    @property
+    def record_file(self) -> Path:
+        return self.path / "run.json"
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    def last(self) -> Path:
+        return self.checkpoints / "last.pt"
+
+    def best(self) -> Path:
+        return self.checkpoints / "best.pt"
+
+    def read_record(self) -> dict[str, Any] | None:
+        try:
+            return json.loads(self.record_file.read_text())
+        except FileNotFoundError:
+            return None
+        except ValueError as exc:
+            raise RunError(f"{self.record_file}: unreadable run record ({exc})") from None
+
+    # -- starting and resuming -------------------------------------------------------------------
+
+    def start(self, record: Mapping[str, Any], recipe: Mapping[str, Any], *, resume: bool) -> None:
+        """Check ``--resume`` against what is on disk, or refuse to overwrite an existing run."""
+        existing = self.read_record()
+        if resume:
+            if existing is None:
+                raise RunError(f"{self.path}: nothing to resume (no run.json); drop --resume to start a new run")
+            for key in IDENTITY_KEYS:
+                if existing.get(key) != record.get(key):
+                    raise RunError(
+                        f"{self.path}: --resume of a run made with {key} {_short(existing.get(key))}, but this command "
+                        f"uses {_short(record.get(key))}; use the same --recipe/--model/--set, or another --run-dir"
+                    )
+            return
+        if existing is not None:
+            raise RunError(
+                f"{self.path}: already holds a run (recipe {_short(existing.get('recipe'))}, model {existing.get('model')}); "
+                "continue it with --resume, or choose another --run-dir"
+            )
+        self.path.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self.record_file, dict(record))
+        atomic_write_json(self.path / "recipe.json", dict(recipe))
+
+    def write_json(self, name: str, data: Any) -> None:
+        atomic_write_json(self.path / name, data)
+
+    def resume_checkpoint(self) -> tuple[dict[str, Any], Path]:
+        """The newest loadable checkpoint, falling back past corrupt ones (and saying so)."""
+        candidates = [self.last(), self.checkpoints / "last.prev.pt"]
+        candidates += sorted(self.checkpoints.glob("stage-*.pt"), key=lambda p: p.stat().st_mtime, reverse=True)
+        problems = []
+        for path in candidates:
+            if not path.is_file():
+                continue
+            try:
+                content = torch_load(path)
+            except CheckpointError as exc:
+                problems.append(str(exc))
+                continue
+            if problems:
+                log.warning("%s; resuming from the previous good checkpoint %s instead", "; ".join(problems), path.name)
+            return content, path
+        if problems:
+            raise RunError(f"{self.path}: no loadable checkpoint to resume from ({'; '.join(problems)})")
+        raise RunError(f"{self.path}: no checkpoint to resume from yet; start again without --resume")
+
+    # -- saving ------------------------------------------------------------------------------------
+
+    def save(self, kind: str, content: Mapping[str, Any], name: str | None = None) -> Path:
+        """Save ``last``, ``best`` or a ``stage`` checkpoint; non-finite weights are never saved."""
+        check_finite(content["model_state_dict"], f"{self.path} ({kind} checkpoint)")
+        self.checkpoints.mkdir(parents=True, exist_ok=True)
+        if kind == "last":
+            target = self.last()
+            if target.exists():
+                os.replace(target, self.checkpoints / "last.prev.pt")
+                fsync_dir(self.checkpoints)
+        elif kind == "best":
+            target = self.best()
+        else:
+            target = self.checkpoints / f"{name}.pt"
+        return save_checkpoint(content, target)
+
+    # -- metrics -----------------------------------------------------------------------------------
+
+    def append_metrics(self, row: Mapping[str, Any]) -> None:
+        with open(self.metrics_file, "a") as handle:
+            handle.write(json.dumps(dict(row), sort_keys=True) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        if not self.metrics_file.exists():
+            return []
+        return [json.loads(line) for line in self.metrics_file.read_text().splitlines() if line.strip()]
+
+    def trim_metrics(self, completed_epochs: int) -> None:
+        """Drop rows of epochs that a resumed run will run again."""
+        rows = [row for row in self.read_metrics() if row.get("epoch", 0) < completed_epochs]
+        from ..fileio import atomic_write_text
+
+        atomic_write_text(self.metrics_file, "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows))
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, Mapping):
+        return repr(value.get("name", "?"))
+    return repr(value)

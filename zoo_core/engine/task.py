@@ -1,0 +1,78 @@
+"""The task interface: everything that depends on what is being predicted.
+
+The engine never looks inside a batch. A task reads its data, builds datasets and the
+collate function, applies batch-level augmentation, calls the model, computes the loss (a
+dict of named components plus their weighted total, ``"loss"``) and the metrics. Batches may
+hold targets of any shape (class indices, lists of box dicts …) and images of any size; only
+the task touches them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import attrs
+
+
+@attrs.frozen
+class TaskData:
+    """What a task read from a data folder."""
+
+    root: Path
+    class_names: tuple[str, ...]
+    train: Any  # task-defined item lists
+    val: Any
+    split: str  # how train/val were obtained, for the run record
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "root": str(self.root),
+            "class_names": list(self.class_names),
+            "train": len(self.train),
+            "val": len(self.val),
+            "split": self.split,
+        }
+
+
+@runtime_checkable
+class Metrics(Protocol):
+    """Accumulates over batches; ``compute()`` returns plain floats."""
+
+    def update(self, outputs: Any, batch: Any) -> None: ...
+
+    def compute(self) -> dict[str, float]: ...
+
+
+@runtime_checkable
+class Task(Protocol):
+    name: str
+    augment_keys: frozenset[str]  # the stage `augment` settings this task understands
+    monitor: tuple[str, str]  # default metric for `best` and its mode, e.g. ("val_loss", "min")
+
+    def load_data(self, root: Path, *, seed: int, val_fraction: float) -> TaskData: ...
+
+    def input_config(self, model: Any, image_size: int | None) -> dict[str, Any]: ...
+
+    def dataset(self, data: TaskData, split: str, *, input_config: Mapping[str, Any], augment: Mapping[str, Any]) -> Any: ...
+
+    def collate(self, items: Sequence[Any]) -> Any: ...
+
+    def deterministic(self, augment: Mapping[str, Any]) -> bool: ...
+
+    def augment_batch(self, batch: Any, augment: Mapping[str, Any], generator: Any) -> Any: ...
+
+    def to_device(self, batch: Any, device: Any, channels_last: bool) -> Any: ...
+
+    def inputs(self, batch: Any) -> Any: ...
+
+    def with_inputs(self, batch: Any, inputs: Any) -> Any: ...
+
+    def forward(self, model: Any, batch: Any) -> Any: ...
+
+    def loss(self, outputs: Any, batch: Any, *, loss_scales: Mapping[str, float], label_smoothing: float) -> dict[str, Any]: ...
+
+    def metrics(self, num_classes: int) -> Metrics: ...
+
+    def batch_size(self, batch: Any) -> int: ...

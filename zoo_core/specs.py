@@ -1,0 +1,575 @@
+"""Frozen, validated specifications: what registries, catalogs and recipes are made of.
+
+Specs hold no torch objects, so catalogs and listings stay light. Validators raise
+:class:`SpecValueError`, which names the attribute at fault; :mod:`zoo_core.catalog` turns it
+into ``file: key.path: message``.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import re
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any
+
+import attrs
+
+
+class SpecValueError(ValueError):
+    """A spec attribute holds an invalid value; ``attribute`` names it (dotted for sub-keys)."""
+
+    def __init__(self, attribute: str, message: str) -> None:
+        super().__init__(f"{attribute}: {message}")
+        self.attribute = attribute
+        self.message = message
+
+
+# --- choices ---------------------------------------------------------------------------------
+
+
+class Role(enum.Enum):
+    """Where a layer group sits in the model; freeze levels and LR mappings address roles."""
+
+    BACKBONE = "backbone"
+    NECK = "neck"
+    HEAD = "head"
+
+
+class ShapePolicy(enum.Enum):
+    """What a transfer does with a tensor whose shape differs between source and target."""
+
+    SKIP = "skip"  # leave the target tensor at its initialisation
+    ADAPT = "adapt"  # input-channel adaptation for first convs, otherwise truncate / zero-pad
+
+
+class BnMode(enum.Enum):
+    """How BatchNorm layers behave during a stage."""
+
+    FROZEN = "frozen"  # BN inside frozen groups keeps its running stats and affine params
+    TRAIN = "train"  # BN always updates running stats (Lightning-style freeze)
+    EVAL = "eval"  # every BN uses running stats, trainable or not (small-batch fine-tuning)
+
+
+class ScheduleKind(enum.Enum):
+    """Learning-rate shape within a stage, after warmup."""
+
+    COSINE = "cosine"
+    CONSTANT = "constant"
+    LINEAR = "linear"
+
+
+class DriftAction(enum.Enum):
+    """What the drift guard does when a loss leaves its band."""
+
+    WARN = "warn"
+    STOP = "stop"
+
+
+class DriftWatch(enum.Enum):
+    """Which side of the band the drift guard watches."""
+
+    RISE = "rise"  # only losses that grow beyond the band
+    BOTH = "both"  # losses that leave the band on either side
+
+
+class Optimizer(enum.Enum):
+    ADAMW = "adamw"
+    SGD = "sgd"
+
+
+# --- validators and converters --------------------------------------------------------------
+
+
+def _freeze_mapping(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    return MappingProxyType(dict(value or {}))
+
+
+def _positive(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if value is not None and not (isinstance(value, (int, float)) and value > 0):
+        raise SpecValueError(attribute.name, f"must be > 0, got {value!r}")
+
+
+def _non_negative(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if value is not None and not (isinstance(value, (int, float)) and value >= 0):
+        raise SpecValueError(attribute.name, f"must be >= 0, got {value!r}")
+
+
+def _positive_int(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if value is not None and not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+        raise SpecValueError(attribute.name, f"must be a whole number > 0, got {value!r}")
+
+
+def _fraction(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if value is not None and not (isinstance(value, (int, float)) and 0 <= value <= 1):
+        raise SpecValueError(attribute.name, f"must be between 0 and 1, got {value!r}")
+
+
+def _regexes(instance: Any, attribute: attrs.Attribute, value: tuple[Any, ...]) -> None:
+    for index, item in enumerate(value):
+        patterns = item if isinstance(item, tuple) else (item,)
+        for pattern in patterns:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise SpecValueError(f"{attribute.name}[{index}]", f"bad regex {pattern!r}: {exc}") from None
+
+
+def _enum_converter(enum_type: type[enum.Enum], attribute: str):
+    def convert(value: Any) -> Any:
+        if value is None or isinstance(value, enum_type):
+            return value
+        try:
+            return enum_type(value)
+        except ValueError:
+            choices = ", ".join(repr(member.value) for member in enum_type)
+            raise SpecValueError(attribute, f"must be one of {choices}, got {value!r}") from None
+
+    return convert
+
+
+def _tuple_of_str(value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    return tuple(value)
+
+
+def _rename_pairs(value: Any) -> tuple[tuple[str, str], ...]:
+    pairs = []
+    for item in value or ():
+        if isinstance(item, Mapping):
+            pairs.extend((str(k), str(v)) for k, v in item.items())
+        elif isinstance(item, (list, tuple)) and len(item) == 2:
+            pairs.append((str(item[0]), str(item[1])))
+        else:
+            raise SpecValueError("rename", f"each rule is a [pattern, replacement] pair, got {item!r}")
+    return tuple(pairs)
+
+
+# --- weights, heads, tiers -------------------------------------------------------------------
+
+
+@attrs.frozen
+class Origin:
+    """Where a spec came from: a catalog file and key path, or a plugin."""
+
+    file: str
+    key: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.file}: {self.key}" if self.key else self.file
+
+
+BUILTIN = Origin("built-in")
+
+
+@attrs.frozen
+class WeightsPin:
+    """Where pretrained weights live and the sha256 they must have."""
+
+    url: str | None = None
+    sha256: str | None = attrs.field(default=None)
+    filename: str | None = None
+
+    @sha256.validator
+    def _check_sha(self, attribute: attrs.Attribute, value: str | None) -> None:
+        if value is not None and not re.fullmatch(r"[0-9a-f]{64}", value):
+            raise SpecValueError("sha256", f"must be 64 lowercase hex digits, got {value!r}")
+
+    @property
+    def file_name(self) -> str:
+        if self.filename:
+            return self.filename
+        if self.url:
+            return self.url.rstrip("/").rsplit("/", 1)[-1].split("?", 1)[0] or "weights.bin"
+        return "weights.bin"
+
+
+@attrs.frozen
+class AliasSpec:
+    """A catalog alias: a short name for another name, optionally with pinned weights."""
+
+    name: str
+    target: str
+    weights: WeightsPin | None = None
+    num_classes: int | None = attrs.field(default=None, validator=_positive_int)
+    class_names: tuple[str, ...] | None = None
+    description: str = ""
+    origin: Origin = BUILTIN
+
+
+@attrs.frozen
+class HeadSpec:
+    """A head built by a registered factory; ``out`` of ``None`` means ``num_classes``."""
+
+    kind: str = "linear"
+    out: int | None = attrs.field(default=None, validator=_positive_int)
+    options: Mapping[str, Any] = attrs.field(factory=dict, converter=_freeze_mapping)
+
+
+@attrs.frozen
+class NeckSpec:
+    """A neck built by a registered factory between backbone and heads."""
+
+    kind: str
+    options: Mapping[str, Any] = attrs.field(factory=dict, converter=_freeze_mapping)
+
+
+@attrs.frozen
+class TransferRules:
+    """Rules for carrying weights between two models; merged from hooks, catalog and CLI.
+
+    ``None`` means "no opinion" so that merging keeps earlier choices.
+    """
+
+    include: tuple[str, ...] = attrs.field(default=(), converter=_tuple_of_str, validator=_regexes)
+    exclude: tuple[str, ...] = attrs.field(default=(), converter=_tuple_of_str, validator=_regexes)
+    rename: tuple[tuple[str, str], ...] = attrs.field(default=(), converter=_rename_pairs, validator=_regexes)
+    shape: ShapePolicy | None = attrs.field(default=None, converter=_enum_converter(ShapePolicy, "shape"))
+    suffix_match: bool | None = None
+    class_aware: bool | None = None
+    strip_prefixes: tuple[str, ...] | None = None
+
+    def merged(self, later: TransferRules | None) -> TransferRules:
+        """Combine with ``later``: lists concatenate, later scalar choices win."""
+        if later is None:
+            return self
+        return TransferRules(
+            include=self.include + later.include,
+            exclude=self.exclude + later.exclude,
+            rename=self.rename + later.rename,
+            shape=later.shape if later.shape is not None else self.shape,
+            suffix_match=later.suffix_match if later.suffix_match is not None else self.suffix_match,
+            class_aware=later.class_aware if later.class_aware is not None else self.class_aware,
+            strip_prefixes=later.strip_prefixes if later.strip_prefixes is not None else self.strip_prefixes,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "include": list(self.include),
+            "exclude": list(self.exclude),
+            "rename": [list(pair) for pair in self.rename],
+            "shape": self.shape.value if self.shape else None,
+            "suffix_match": self.suffix_match,
+            "class_aware": self.class_aware,
+            "strip_prefixes": list(self.strip_prefixes) if self.strip_prefixes is not None else None,
+        }
+
+
+DEFAULT_TIER_BUILDER = "zoo_core.zoomodel:build_tier"
+
+
+@attrs.frozen
+class TierSpec:
+    """One member of a tier family: a backbone, an optional neck and named heads."""
+
+    family: str
+    tier: str
+    rank: int = attrs.field(validator=_non_negative)
+    backbone: str
+    heads: Mapping[str, HeadSpec] = attrs.field(
+        factory=lambda: {"classifier": HeadSpec()}, converter=_freeze_mapping
+    )
+    neck: NeckSpec | None = None
+    params: Mapping[str, Any] = attrs.field(factory=dict, converter=_freeze_mapping)
+    weights: WeightsPin | None = None
+    num_classes: int | None = attrs.field(default=None, validator=_positive_int)
+    class_names: tuple[str, ...] | None = None
+    description: str = ""
+    origin: Origin = BUILTIN
+
+    def __attrs_post_init__(self) -> None:
+        if not self.heads:
+            raise SpecValueError("heads", "a tier needs at least one head")
+
+    @property
+    def name(self) -> str:
+        return f"{self.family}/{self.tier}"
+
+
+@attrs.frozen
+class FamilySpec:
+    """A tier family: tiers ordered by rank, the builder that makes them, transfer rules."""
+
+    name: str
+    tiers: Mapping[str, TierSpec] = attrs.field(converter=_freeze_mapping)
+    builder: str = DEFAULT_TIER_BUILDER
+    rules: TransferRules = attrs.field(factory=TransferRules)
+    description: str = ""
+    origin: Origin = BUILTIN
+
+    def __attrs_post_init__(self) -> None:
+        if not self.tiers:
+            raise SpecValueError("tiers", "a family needs at least one tier")
+        if not re.fullmatch(r"[A-Za-z_][\w.:]*:[A-Za-z_][\w.]*", self.builder):
+            raise SpecValueError("builder", f"must be an import string 'package.module:function', got {self.builder!r}")
+        for key, tier in self.tiers.items():
+            if tier.family != self.name or tier.tier != key:
+                raise SpecValueError(f"tiers.{key}", f"belongs to {tier.name}, not {self.name}/{key}")
+
+    def ordered(self) -> list[TierSpec]:
+        return sorted(self.tiers.values(), key=lambda tier: (tier.rank, tier.tier))
+
+
+# --- recipes ---------------------------------------------------------------------------------
+
+
+def _lr_values(instance: Any, attribute: attrs.Attribute, value: Mapping[str, float]) -> None:
+    for key, lr in value.items():
+        if not (isinstance(lr, (int, float)) and not isinstance(lr, bool) and lr > 0 and math.isfinite(lr)):
+            raise SpecValueError(f"lr.{key}", f"must be > 0, got {lr!r}")
+
+
+@attrs.frozen
+class LrSpec:
+    """Learning rates of a stage: one value, a per-group/per-role mapping, or base + decay.
+
+    ``decay`` divides the rate once per group counted down from the heads (ULMFiT's 2.6);
+    timm's ``layer_decay = 0.75`` is the same as ``decay = 1 / 0.75``.
+    """
+
+    value: float | None = attrs.field(default=None, validator=_positive)
+    per_group: Mapping[str, float] = attrs.field(factory=dict, converter=_freeze_mapping, validator=_lr_values)
+    base: float | None = attrs.field(default=None, validator=_positive)
+    decay: float | None = attrs.field(default=None, validator=_positive)
+
+    def __attrs_post_init__(self) -> None:
+        given = [self.value is not None, bool(self.per_group), self.base is not None]
+        if sum(given) != 1:
+            raise SpecValueError("lr", "give exactly one of a number, a {group = lr} table, or {base, decay}")
+        if self.decay is not None and self.base is None:
+            raise SpecValueError("lr.decay", "needs lr.base")
+
+    def highest(self) -> float:
+        if self.value is not None:
+            return self.value
+        if self.base is not None:
+            return self.base
+        return max(self.per_group.values())
+
+    def to_dict(self) -> float | dict[str, float]:
+        if self.value is not None:
+            return self.value
+        if self.base is not None:
+            return {"base": self.base, **({"decay": self.decay} if self.decay is not None else {})}
+        return dict(self.per_group)
+
+
+@attrs.frozen
+class EarlyStop:
+    """Stop the stage when ``monitor`` has not improved for ``patience`` epochs."""
+
+    monitor: str = "val_loss"
+    mode: str = attrs.field(default="min", validator=attrs.validators.in_(("min", "max")))
+    patience: int = attrs.field(default=3, validator=_positive_int)
+    min_delta: float = attrs.field(default=0.0, validator=_non_negative)
+
+
+@attrs.frozen
+class DriftGuard:
+    """Watch validation loss components against the baseline measured before training."""
+
+    band: float = attrs.field(default=0.2, validator=_positive)
+    action: DriftAction = attrs.field(default=DriftAction.WARN, converter=_enum_converter(DriftAction, "action"))
+    watch: DriftWatch = attrs.field(default=DriftWatch.RISE, converter=_enum_converter(DriftWatch, "watch"))
+    components: tuple[str, ...] = attrs.field(default=(), converter=_tuple_of_str)
+
+
+@attrs.frozen
+class Stage:
+    """One stage of a recipe. Exactly one of ``freeze`` (level) and ``train`` (groups) applies."""
+
+    epochs: int = attrs.field(validator=_positive_int)
+    lr: LrSpec
+    name: str = ""
+    freeze: int | None = attrs.field(default=None)
+    train: tuple[str, ...] | None = attrs.field(default=None)
+    unfreeze_every: int | None = attrs.field(default=None, validator=_positive_int)
+    warmup_epochs: float = attrs.field(default=0.0, validator=_non_negative)
+    schedule: ScheduleKind = attrs.field(default=ScheduleKind.COSINE, converter=_enum_converter(ScheduleKind, "schedule"))
+    augment: Mapping[str, Any] = attrs.field(factory=dict, converter=_freeze_mapping)
+    bn: BnMode = attrs.field(default=BnMode.FROZEN, converter=_enum_converter(BnMode, "bn"))
+    ema: float | None = attrs.field(default=None)
+    grad_clip: float | None = attrs.field(default=None, validator=_positive)
+    loss_scales: Mapping[str, float] = attrs.field(factory=dict, converter=_freeze_mapping)
+    early_stop: EarlyStop | None = None
+    drift_guard: DriftGuard | None = None
+    batch_size: int | None = attrs.field(default=None, validator=_positive_int)
+    weight_decay: float | None = attrs.field(default=None, validator=_non_negative)
+
+    @freeze.validator
+    def _check_freeze(self, attribute: attrs.Attribute, value: int | None) -> None:
+        if value is not None and value not in (0, 1, 2):
+            raise SpecValueError("freeze", f"must be 0 (none), 1 (backbone) or 2 (all but heads), got {value!r}")
+
+    @ema.validator
+    def _check_ema(self, attribute: attrs.Attribute, value: float | None) -> None:
+        if value is not None and not (isinstance(value, float) and 0 < value < 1):
+            raise SpecValueError("ema", f"is the EMA decay and must be between 0 and 1, got {value!r}")
+
+    @loss_scales.validator
+    def _check_scales(self, attribute: attrs.Attribute, value: Mapping[str, float]) -> None:
+        for key, scale in value.items():
+            if not (isinstance(scale, (int, float)) and scale >= 0):
+                raise SpecValueError(f"loss_scales.{key}", f"must be >= 0, got {scale!r}")
+
+    def __attrs_post_init__(self) -> None:
+        if self.freeze is not None and self.train is not None:
+            raise SpecValueError("train", "give either 'freeze' (a level) or 'train' (groups), not both")
+        if self.warmup_epochs > self.epochs:
+            raise SpecValueError("warmup_epochs", f"must not exceed epochs ({self.epochs}), got {self.warmup_epochs}")
+        if self.lr.decay is not None and self.lr.decay < 1:
+            raise SpecValueError("lr.decay", f"divides the rate per group and must be >= 1, got {self.lr.decay}")
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"name": self.name, "epochs": self.epochs, "lr": self.lr.to_dict()}
+        if self.freeze is not None:
+            data["freeze"] = self.freeze
+        if self.train is not None:
+            data["train"] = list(self.train)
+        if self.unfreeze_every is not None:
+            data["unfreeze_every"] = self.unfreeze_every
+        data.update(
+            warmup_epochs=self.warmup_epochs,
+            schedule=self.schedule.value,
+            augment=dict(self.augment),
+            bn=self.bn.value,
+        )
+        for key in ("ema", "grad_clip", "batch_size", "weight_decay"):
+            if getattr(self, key) is not None:
+                data[key] = getattr(self, key)
+        if self.loss_scales:
+            data["loss_scales"] = dict(self.loss_scales)
+        if self.early_stop is not None:
+            data["early_stop"] = attrs.asdict(self.early_stop)
+        if self.drift_guard is not None:
+            guard = self.drift_guard
+            data["drift_guard"] = {
+                "band": guard.band,
+                "action": guard.action.value,
+                "watch": guard.watch.value,
+                "components": list(guard.components),
+            }
+        return data
+
+
+@attrs.frozen
+class Recipe:
+    """An ordered list of stages plus settings shared by all of them."""
+
+    name: str
+    stages: tuple[Stage, ...] = attrs.field(converter=tuple)
+    description: str = ""
+    task: str | None = None
+    optimizer: Optimizer = attrs.field(default=Optimizer.ADAMW, converter=_enum_converter(Optimizer, "optimizer"))
+    weight_decay: float = attrs.field(default=0.05, validator=_non_negative)
+    momentum: float = attrs.field(default=0.9, validator=_fraction)
+    batch_size: int = attrs.field(default=32, validator=_positive_int)
+    max_lr: float | None = attrs.field(default=None, validator=_positive)
+    label_smoothing: float = attrs.field(default=0.0, validator=_fraction)
+    granularity: str = attrs.field(default="coarse", validator=attrs.validators.in_(("coarse", "fine")))
+    seed: int = 0
+    origin: Origin = BUILTIN
+
+    def __attrs_post_init__(self) -> None:
+        if not self.stages:
+            raise SpecValueError("stages", "a recipe needs at least one stage")
+        if self.max_lr is not None:
+            for index, stage in enumerate(self.stages):
+                if stage.lr.highest() > self.max_lr:
+                    raise SpecValueError(
+                        f"stages[{index}].lr",
+                        f"{stage.lr.highest():g} exceeds this recipe's max_lr {self.max_lr:g}",
+                    )
+
+    @property
+    def total_epochs(self) -> int:
+        return sum(stage.epochs for stage in self.stages)
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "name": self.name,
+            "description": self.description,
+            "optimizer": self.optimizer.value,
+            "weight_decay": self.weight_decay,
+            "momentum": self.momentum,
+            "batch_size": self.batch_size,
+            "label_smoothing": self.label_smoothing,
+            "granularity": self.granularity,
+            "seed": self.seed,
+            "stages": [stage.to_dict() for stage in self.stages],
+        }
+        if self.task is not None:
+            data["task"] = self.task
+        if self.max_lr is not None:
+            data["max_lr"] = self.max_lr
+        return data
+
+
+# --- resolution results ------------------------------------------------------------------------
+
+
+class LocationKind(enum.Enum):
+    HF = "hf"  # a file in a Hugging Face Hub repository (HF cache layout)
+    URL = "url"  # an http(s):// or file:// URL (TORCH_HOME or Zoo's store)
+    LOCAL = "local"  # a file already on this machine
+
+
+@attrs.frozen
+class WeightsFile:
+    """One file of pretrained weights and how to fetch it."""
+
+    kind: LocationKind
+    filename: str
+    url: str | None = None
+    repo_id: str | None = None
+    revision: str | None = None
+    path: str | None = None
+    sha256: str | None = None  # expected digest from a catalog pin
+    sha256_prefix: str | None = None  # published digest prefix (torch.hub file-name convention)
+
+
+@attrs.frozen
+class ResolvedModel:
+    """A name resolved to a source, an architecture and (optionally) pretrained weights."""
+
+    name: str  # canonical name, e.g. "timm:resnet50.a1_in1k"
+    source: str
+    architecture: str
+    tag: str | None = None
+    revision: str | None = None
+    weights: WeightsFile | None = None
+    companions: tuple[WeightsFile, ...] = ()  # files needed beside the weights (a hub config.json)
+    num_classes: int | None = None  # classes of the pretrained weights
+    class_names: tuple[str, ...] | None = None
+    requested: str = ""  # the text the user typed
+    via: str = ""  # how the name was found: "alias fast (zoo.toml)", "tier", "source timm"
+    tier: TierSpec | None = None
+    extra: Mapping[str, Any] = attrs.field(factory=dict, converter=_freeze_mapping)
+
+    @property
+    def has_weights(self) -> bool:
+        return self.weights is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "name": self.name,
+            "requested": self.requested or self.name,
+            "source": self.source,
+            "architecture": self.architecture,
+            "tag": self.tag,
+            "revision": self.revision,
+            "via": self.via,
+            "pretrained": self.has_weights,
+            "num_classes": self.num_classes,
+        }
+        if self.weights is not None:
+            data["weights"] = {
+                key: value.value if isinstance(value, enum.Enum) else value
+                for key, value in attrs.asdict(self.weights, recurse=False).items()
+                if value is not None
+            }
+        return data
