@@ -11,7 +11,6 @@ import enum
 import math
 import re
 from collections.abc import Mapping
-from types import MappingProxyType
 from typing import Any
 
 import attrs
@@ -82,8 +81,9 @@ class Optimizer(enum.Enum):
 # --- validators and converters --------------------------------------------------------------
 
 
-def _freeze_mapping(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
-    return MappingProxyType(dict(value or {}))
+def _freeze_mapping(value: Mapping[str, Any] | None) -> dict[str, Any]:
+    # a private copy: specs are frozen (no reassignment) and stay picklable and deep-copyable
+    return dict(value or {})
 
 
 def _positive(instance: Any, attribute: attrs.Attribute, value: Any) -> None:

@@ -1,0 +1,55 @@
+"""Learning curves of one or more runs, with stage boundaries marked (needs matplotlib)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from .errors import ZooError
+
+
+def read_history(run_dir: Path) -> list[dict]:
+    metrics = Path(run_dir) / "metrics.jsonl"
+    if not metrics.is_file():
+        raise ZooError(f"{run_dir}: no metrics.jsonl; is this a run folder written by `zoo finetune`?")
+    return [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+
+
+def plot_runs(run_dirs: Sequence[Path], output: Path, labels: Sequence[str] | None = None) -> Path:
+    """Loss (left) and the first metric found (right) per epoch; dotted lines mark stage changes."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ZooError("plotting needs matplotlib: pip install 'zoo[plot]' (or pip install matplotlib)") from None
+    histories = [read_history(Path(path)) for path in run_dirs]
+    labels = list(labels) if labels else [Path(path).name for path in run_dirs]
+    metric = next((key for key in ("accuracy", "f1_macro", "top5") if histories and key in histories[0][0]), None)
+    figure, axes = plt.subplots(1, 2 if metric else 1, figsize=(11 if metric else 6, 4), squeeze=False)
+    loss_axis = axes[0][0]
+    for history, label in zip(histories, labels):
+        epochs = [row["epoch"] + 1 for row in history]
+        line = loss_axis.plot(epochs, [row["val_loss"] for row in history], label=f"{label} val")[0]
+        loss_axis.plot(epochs, [row["train_loss"] for row in history], linestyle="--", color=line.get_color(), alpha=0.6, label=f"{label} train")
+        if metric:
+            axes[0][1].plot(epochs, [row[metric] for row in history], color=line.get_color(), label=label)
+        for previous, row in zip(history, history[1:]):
+            if row["stage"] != previous["stage"]:
+                for axis in axes[0]:
+                    axis.axvline(row["epoch"] + 0.5, color=line.get_color(), linestyle=":", alpha=0.5)
+    loss_axis.set_xlabel("epoch")
+    loss_axis.set_ylabel("loss")
+    loss_axis.legend(fontsize=8)
+    if metric:
+        axes[0][1].set_xlabel("epoch")
+        axes[0][1].set_ylabel(f"val {metric}")
+        axes[0][1].legend(fontsize=8)
+    figure.suptitle("dotted lines: stage boundaries")
+    figure.tight_layout()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(output, dpi=110)
+    plt.close(figure)
+    return output
