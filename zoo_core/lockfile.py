@@ -65,8 +65,11 @@ class LockFile:
         if not path.exists():
             return cls(path, {})
         where = paths.display(path)
+        text = path.read_text()
+        if not text.strip():  # `touch zoo.lock` opts a project into its own lock file
+            return cls(path, {})
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(text)
             if data.get("format") != LOCK_FORMAT:
                 raise WeightsError(f"{where}: lock format {data.get('format')!r} is not supported (expected {LOCK_FORMAT})")
             entries = {}

@@ -581,14 +581,21 @@ def _tensor_source(source: Any, registry: Any, strip: Sequence[str]) -> TensorSo
     )
 
 
-def _target_model(target: Any, registry: Any, num_classes: int | None) -> tuple[nn.Module, str, ResolvedModel | None]:
+def _target_model(
+    target: Any, registry: Any, num_classes: int | None, source_classes: Sequence[str] | None
+) -> tuple[nn.Module, str, ResolvedModel | None, Sequence[str] | None]:
+    """The target model (meta device for names), its name, spec and class names."""
     from .models import build_skeleton
 
     if isinstance(target, nn.Module):
         spec = getattr(target, "zoo_spec", None)
-        return target, (spec.name if spec else type(target).__name__), spec
+        return target, (spec.name if spec else type(target).__name__), spec, None
     spec = registry.resolve(str(target))
-    return build_skeleton(spec, registry=registry, num_classes=num_classes), spec.name, spec
+    classes = spec.class_names if num_classes in (None, spec.num_classes) else None
+    if num_classes is None and spec.tier is not None and spec.num_classes is None and source_classes:
+        # a tier has no class count of its own: it takes the source's classes
+        num_classes, classes = len(source_classes), source_classes
+    return build_skeleton(spec, registry=registry, num_classes=num_classes), spec.name, spec, classes
 
 
 def collect_rules(registry: Any, source: TensorSource, target_spec: ResolvedModel | None, extra: TransferRules | None) -> TransferRules:
@@ -625,9 +632,10 @@ def plan_transfer(
     registry = registry or default_registry()
     strip = rules.strip_prefixes if rules is not None and rules.strip_prefixes is not None else KNOWN_PREFIXES
     tensor_source = _tensor_source(source, registry, strip)
-    model, target_name, target_spec = _target_model(target, registry, num_classes)
-    if target_classes is None and target_spec is not None and num_classes in (None, target_spec.num_classes):
-        target_classes = target_spec.class_names
+    model, target_name, target_spec, default_classes = _target_model(
+        target, registry, num_classes, None if target_classes else tensor_source.class_names
+    )
+    target_classes = target_classes or default_classes
     merged = collect_rules(registry, tensor_source, target_spec, rules)
     state = model.state_dict()
     target_info = {key: TensorInfo(tuple(t.shape), str(t.dtype).removeprefix("torch.")) for key, t in state.items()}

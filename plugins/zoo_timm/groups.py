@@ -48,8 +48,10 @@ def _module_of(param: str) -> str:
     return ".".join(parts[:2]) if len(parts) > 2 and parts[1].isdigit() else parts[0]
 
 
-def _group_name(params: Sequence[str], index: int, taken: set[str]) -> str:
-    name = _common_prefix(params)
+def _group_name(params: Sequence[str], index: int, taken: set[str], patterns: list[re.Pattern[str]] | None) -> str:
+    # the matcher's own match names the group at its granularity ("layer1", "blocks.3")
+    match = next((m for p in patterns or () if (m := p.match(params[0]))), None)
+    name = match.group(0).rstrip(".") if match and index > 0 else _common_prefix(params)
     if not name:
         modules = list(dict.fromkeys(_module_of(param) for param in params))
         name = "stem" if index == 0 else "+".join(modules[:3])
@@ -86,6 +88,6 @@ def timm_layer_groups(model: Any, granularity: str = "coarse") -> LayerGroups:
     for position, ordinal in enumerate(ordinals):
         params = grouped[ordinal]
         is_head = bool(classifier_name) and any(p.startswith(classifier_name + ".") for p in params)
-        name = "head" if is_head else _group_name(params, position, taken)
+        name = "head" if is_head else _group_name(params, position, taken, patterns)
         assignments.append((name, Role.HEAD if is_head else Role.BACKBONE, params))
     return LayerGroups.partition(model, assignments, what=type(model).__name__)

@@ -65,6 +65,9 @@ def cmd_transfer(args: Any) -> int:
         raise ZooError(f"-o {args.output}: use a .pt, .pth or .safetensors file name")
 
     plan = plan_transfer(args.source, args.target, num_classes=num_classes, rules=rules, target_classes=classes, registry=registry)
+    if classes is None and plan.target_classes and num_classes in (None, len(plan.target_classes)):
+        classes = list(plan.target_classes)  # e.g. a tier taking over its source's classes
+        num_classes = len(classes)
     warnings = []
     if plan.source.path is not None and plan.source.path.suffix != ".safetensors" and Path(args.source).is_file():
         checkpoint = read_checkpoint(plan.source.path, mmap=True)

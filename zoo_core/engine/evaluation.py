@@ -22,10 +22,19 @@ def evaluate_model(
     device: DeviceConfig,
     loss_scales: Mapping[str, float] | None = None,
     workers: int = 0,
+    collate: Any = None,
 ) -> dict[str, float]:
-    """``val_loss``, ``val_<component>`` and the task's metrics over ``dataset`` (model in eval mode)."""
+    """``val_loss``, ``val_<component>`` and the task's metrics over ``dataset`` (model in eval mode).
+
+    ``collate`` replaces the task's own (the engine passes one that serves cached trunk features).
+    """
     loader = torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, shuffle=False, collate_fn=task.collate, num_workers=workers, pin_memory=device.pin_memory
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        collate_fn=collate or task.collate,
+        num_workers=0 if collate else workers,
+        pin_memory=device.pin_memory,
     )
     was_training = model.training
     model.eval()

@@ -185,6 +185,9 @@ class Engine:
         self._rates: dict[str, float] = {}
         self._train_forward: Any = self.model
         self._cached: torch.Tensor | None = None
+        self._val_cached: torch.Tensor | None = None
+        self._head: HeadRunner | None = None
+        self._cache_seconds = 0.0
         self._tensorboard = TensorBoardWriter(folder.path / "tensorboard") if dist.is_main else None
         self.val_dataset = task.dataset(data, "val", input_config=self.input_config, augment={})
 
@@ -221,6 +224,7 @@ class Engine:
             seed_everything(self._epoch_seed(self.position.epoch))
             started = time.perf_counter()
             train_stats = self._train_epoch(stage_index, stage, epoch_in_stage)
+            train_stats["train_seconds"] = round(time.perf_counter() - started, 4)
             val = self._validate(stage)
             row = self._row(stage_index, stage, epoch_in_stage, train_stats, val, time.perf_counter() - started)
             improved = self._track_best(val)
@@ -285,8 +289,13 @@ class Engine:
         self._rates = stage_learning_rates(stage.lr, self.groups, trainable, where=where)
         self._trainable = trainable
         split, reason = plan_cache(self.model, self.deterministic) if self.use_cache else (None, "disabled")
-        self._cached = self._build_cache(split) if split is not None else None
-        module: nn.Module = HeadRunner(split) if self._cached is not None else self.model
+        started = time.perf_counter()
+        self._cached = self._build_cache(split, self.train_dataset) if split is not None else None
+        # the trunk is frozen and deterministic, so validation inputs can skip it too
+        self._val_cached = self._build_cache(split, self.val_dataset) if self._cached is not None else None
+        self._cache_seconds = time.perf_counter() - started if self._cached is not None else 0.0
+        self._head = HeadRunner(split) if self._cached is not None else None
+        module: nn.Module = self._head if self._head is not None else self.model
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel
 
@@ -304,9 +313,9 @@ class Engine:
             " over cached trunk features" if self._cached is not None else (f" (feature cache off: {reason})" if reason != "disabled" else ""),
         )
 
-    def _build_cache(self, split: HeadSplit) -> torch.Tensor | None:
+    def _build_cache(self, split: HeadSplit, dataset: Any) -> torch.Tensor | None:
         loader = torch.utils.data.DataLoader(
-            self.train_dataset,
+            dataset,
             batch_size=max(self.per_rank_batch, 64),
             shuffle=False,
             collate_fn=self.task.collate,
@@ -388,7 +397,9 @@ class Engine:
             for name, value in losses.items():
                 totals[name] = totals.get(name, 0.0) + float(value.detach()) * size
             count += size
-        return {("train_loss" if k == "loss" else f"train_{k}"): v / max(count, 1) for k, v in totals.items()}
+        stats = {("train_loss" if k == "loss" else f"train_{k}"): v / max(count, 1) for k, v in totals.items()}
+        stats["train_steps"] = steps
+        return stats
 
     # -- validation, records, checkpoints ---------------------------------------------------------
 
@@ -398,14 +409,19 @@ class Engine:
     def _validate(self, stage: Stage | None = None) -> dict[str, float]:
         result = None
         if self.dist.is_main:
+            model, dataset, collate = self._eval_model(stage), self.val_dataset, None
+            if self._val_cached is not None and model is self.model:
+                model, dataset = self._head, IndexDataset(len(self.val_dataset))
+                collate = cached_collate(self.task, self.val_dataset, self._val_cached)
             result = evaluate_model(
-                self._eval_model(stage),
+                model,
                 self.task,
-                self.val_dataset,
+                dataset,
                 num_classes=self.num_classes,
-                batch_size=max(self.per_rank_batch if hasattr(self, "per_rank_batch") else 64, 64),
+                batch_size=max(getattr(self, "per_rank_batch", 64), 64),
                 device=self.device,
                 loss_scales=stage.loss_scales if stage else None,
+                collate=collate,
             )
         return distributed.broadcast(self.dist, result)
 
@@ -421,9 +437,11 @@ class Engine:
             **val,
             "trainable": [group.name for group in self.groups if group.name in (self._trainable or ())],
             "cached": self._cached is not None,
+            "cache_seconds": round(self._cache_seconds, 4),
             "skipped_steps": self.nonfinite.skipped,
             "seconds": round(seconds, 4),
         }
+        self._cache_seconds = 0.0  # reported once, on the epoch that built the cache
         row.update({f"lr/{group}": rate for group, rate in self._rates.items()})
         row.update({f"lr_now/{group}": rate for group, rate in current_rates(self.optimizer).items()})
         self.history.append(row)

@@ -1,0 +1,183 @@
+"""The fine-tune engine, measured side by side in one run:
+
+1. Engine against a hand-written PyTorch loop on the same model, data and steps (a one-stage
+   full fine-tune, constant LR): median step time ratio (goal <= 1.02) and final weights equal.
+2. A 5-epoch head-only stage with the feature cache against the same stage without it
+   (goal >= 3x faster; cache building included).
+3. The same staged job (backbone frozen, then everything at a lower backbone rate) with
+   Lightning's ``BackboneFinetuning`` callback: the wall-time ratio (goal: Zoo faster).
+   Needs Lightning: run through ``bench/with-lightning``.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import timm
+import torch
+from common import machine, median, report
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from conftest import write_image_folder  # noqa: E402  (the test suite's image writer)
+
+from zoo_core.engine.api import finetune  # noqa: E402
+from zoo_core.registry import Registry  # noqa: E402
+from zoo_classification.task import ClassificationTask  # noqa: E402
+
+ARCH, SIZE, SEED = "resnet10t", 48, 0
+logging.basicConfig(level=logging.WARNING)
+
+
+def epoch_seed(epoch: int) -> int:
+    return (SEED * 1_000_003 + epoch) % 2**31
+
+
+def hand_loop(data: Path, epochs: int, batch: int, lr: float, weight_decay: float) -> tuple[list[float], dict]:
+    """The loop a user would write: same model init, data order, optimizer and steps."""
+    task = ClassificationTask()
+    loaded = task.load_data(data, seed=SEED, val_fraction=0.2)
+    torch.manual_seed(SEED)
+    model = timm.create_model(ARCH, pretrained=False, num_classes=len(loaded.class_names))
+    config = task.input_config(model, SIZE)
+    dataset = task.dataset(loaded, "train", input_config=config, augment={})
+    decay = [p for n, p in model.named_parameters() if p.ndim > 1 and not n.endswith(".bias")]
+    no_decay = [p for n, p in model.named_parameters() if not (p.ndim > 1 and not n.endswith(".bias"))]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+    step_times = []
+    for epoch in range(epochs):
+        random.seed(epoch_seed(epoch))
+        np.random.seed(epoch_seed(epoch))
+        torch.manual_seed(epoch_seed(epoch))
+        sampler = torch.utils.data.distributed.DistributedSampler(dataset, num_replicas=1, rank=0, shuffle=True, seed=SEED)
+        sampler.set_epoch(epoch)
+        loader = torch.utils.data.DataLoader(dataset, batch_size=batch, sampler=sampler, collate_fn=task.collate)
+        model.train()
+        started = time.perf_counter()
+        steps = 0
+        for batch_data in loader:
+            loss = torch.nn.functional.cross_entropy(model(batch_data.inputs), batch_data.targets)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            loss.item()
+            steps += 1
+        step_times.append((time.perf_counter() - started) / steps)
+    return step_times, model.state_dict()
+
+
+def engine_vs_hand_loop(data: Path, out: Path) -> list[tuple[str, str]]:
+    epochs, batch, lr, wd = 6, 16, 1e-3, 0.05
+    overrides = [f"stages.0.epochs={epochs}", "stages.0.schedule=constant", "stages.0.warmup_epochs=0", "stages.0.augment={}",
+                 f"stages.0.lr={lr}", f"batch_size={batch}", f"weight_decay={wd}"]
+    result = finetune("full-finetune", f"timm:{ARCH}", data, run_dir=out / "engine", pretrained=False, image_size=SIZE,
+                      overrides=overrides, seed=SEED, use_cache=False)
+    engine_steps = [row["train_seconds"] / row["train_steps"] for row in result.history]
+    hand_steps, hand_weights = hand_loop(data, epochs, batch, lr, wd)
+    engine_weights = torch.load(result.last_checkpoint, weights_only=True)["model_state_dict"]
+    equal = all(torch.equal(engine_weights[k], hand_weights[k]) for k in hand_weights)
+    ratio = median(engine_steps[1:]) / median(hand_steps[1:])  # the first epoch warms caches
+    return [
+        ("engine median step", f"{median(engine_steps[1:]) * 1000:.1f} ms"),
+        ("hand loop median step", f"{median(hand_steps[1:]) * 1000:.1f} ms"),
+        ("engine / hand loop (goal <= 1.02)", f"{ratio:.3f}  {'OK' if ratio <= 1.02 else 'MISSED'}"),
+        ("final weights equal", str(equal)),
+    ]
+
+
+def cache_vs_no_cache(data: Path, out: Path) -> list[tuple[str, str]]:
+    overrides = ["stages.0.epochs=5", "batch_size=16"]
+    seconds = {}
+    for cached in (True, False):
+        result = finetune("linear-probe", f"timm:{ARCH}", data, run_dir=out / f"probe-{cached}", pretrained=False,
+                          image_size=SIZE, overrides=overrides, seed=SEED, use_cache=cached)
+        seconds[cached] = sum(row["seconds"] + row["cache_seconds"] for row in result.history)
+        assert all(row["cached"] == cached for row in result.history)
+    speedup = seconds[False] / seconds[True]
+    return [
+        ("5-epoch head-only stage, cache", f"{seconds[True]:.2f} s (cache building and validation included)"),
+        ("same stage, no cache", f"{seconds[False]:.2f} s"),
+        ("speed-up (goal >= 3x)", f"{speedup:.1f}x  {'OK' if speedup >= 3 else 'MISSED'}"),
+    ]
+
+
+def zoo_vs_lightning(data: Path, out: Path) -> list[tuple[str, str]]:
+    try:
+        import lightning.pytorch as pl
+        from lightning.pytorch.callbacks import BackboneFinetuning
+    except ImportError:
+        return [("Lightning BackboneFinetuning", "skipped: run with bench/with-lightning to install Lightning for the bench")]
+    frozen_epochs, all_epochs, batch, lr = 4, 2, 16, 1e-3
+    zoo_seconds = {}
+    for bn in ("frozen", "train"):  # Zoo's default, and Lightning's train_bn=True behaviour
+        catalog = out / f"zoo-{bn}.toml"
+        catalog.write_text(
+            "[recipes.bench-staged]\nbatch_size = %d\nweight_decay = 0.0\n"
+            "[[recipes.bench-staged.stages]]\nepochs = %d\nfreeze = 1\nlr = %g\nbn = \"%s\"\n"
+            "[[recipes.bench-staged.stages]]\nepochs = %d\nfreeze = 0\nlr = { head = %g, backbone = %g }\nbn = \"%s\"\n"
+            % (batch, frozen_epochs, lr, bn, all_epochs, lr, lr / 10, bn)
+        )
+        started = time.perf_counter()
+        finetune("bench-staged", f"timm:{ARCH}", data, run_dir=out / f"zoo-staged-{bn}", pretrained=False, image_size=SIZE,
+                 seed=SEED, registry=Registry.load([catalog]))
+        zoo_seconds[bn] = time.perf_counter() - started
+
+    task = ClassificationTask()
+    loaded = task.load_data(data, seed=SEED, val_fraction=0.2)
+    config = task.input_config(timm.create_model(ARCH, pretrained=False), SIZE)
+    train = task.dataset(loaded, "train", input_config=config, augment={})
+    val = task.dataset(loaded, "val", input_config=config, augment={})
+
+    class Module(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.backbone = timm.create_model(ARCH, pretrained=False, num_classes=0)
+            self.head = torch.nn.Linear(self.backbone.num_features, len(loaded.class_names))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.backbone(x))
+
+        def training_step(self, batch, _):
+            return torch.nn.functional.cross_entropy(self(batch.inputs), batch.targets)
+
+        def validation_step(self, batch, _):
+            self.log("val_loss", torch.nn.functional.cross_entropy(self(batch.inputs), batch.targets))
+
+        def configure_optimizers(self):
+            return torch.optim.AdamW(filter(lambda p: p.requires_grad, self.parameters()), lr=lr, weight_decay=0.0)
+
+    loader = torch.utils.data.DataLoader(train, batch_size=batch, shuffle=True, collate_fn=task.collate)
+    val_loader = torch.utils.data.DataLoader(val, batch_size=64, collate_fn=task.collate)
+    trainer = pl.Trainer(
+        max_epochs=frozen_epochs + all_epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+        callbacks=[BackboneFinetuning(unfreeze_backbone_at_epoch=frozen_epochs, backbone_initial_ratio_lr=0.1, should_align=False)],
+    )
+    started = time.perf_counter()
+    trainer.fit(Module(), loader, val_loader)
+    lightning_seconds = time.perf_counter() - started
+    ratio = zoo_seconds["frozen"] / lightning_seconds
+    return [
+        (f"Zoo, {frozen_epochs}+{all_epochs} epochs, BN frozen (default)", f"{zoo_seconds['frozen']:.2f} s (model build and data included)"),
+        ("Zoo, same job, bn = \"train\"", f"{zoo_seconds['train']:.2f} s"),
+        ("Lightning BackboneFinetuning, same job", f"{lightning_seconds:.2f} s (train_bn=True, its default)"),
+        ("Zoo default / Lightning (goal < 1)", f"{ratio:.2f}  {'OK' if ratio < 1 else 'MISSED'}"),
+        ("Zoo bn=train / Lightning", f"{zoo_seconds['train'] / lightning_seconds:.2f}"),
+    ]
+
+
+def main() -> None:
+    out = Path(tempfile.mkdtemp(prefix="zoo-bench-engine-"))
+    data = write_image_folder(out / "data", classes=4, per_class=80, size=SIZE)
+    report(f"engine vs hand-written loop, {ARCH} at {SIZE}px ({machine()})", engine_vs_hand_loop(data, out))
+    report("feature cache", cache_vs_no_cache(data, out))
+    report("staged job vs Lightning", zoo_vs_lightning(data, out))
+
+
+if __name__ == "__main__":
+    main()
