@@ -25,10 +25,10 @@ from common import machine, median, report
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from conftest import write_image_folder  # noqa: E402  (the test suite's image writer)
+from zoo_classification.task import ClassificationTask  # noqa: E402
 
 from zoo_core.engine.api import finetune  # noqa: E402
 from zoo_core.registry import Registry  # noqa: E402
-from zoo_classification.task import ClassificationTask  # noqa: E402
 
 ARCH, SIZE, SEED = "resnet10t", 48, 0
 logging.basicConfig(level=logging.WARNING)
@@ -117,10 +117,10 @@ def zoo_vs_lightning(data: Path, out: Path) -> list[tuple[str, str]]:
     for bn in ("frozen", "train"):  # Zoo's default, and Lightning's train_bn=True behaviour
         catalog = out / f"zoo-{bn}.toml"
         catalog.write_text(
-            "[recipes.bench-staged]\nbatch_size = %d\nweight_decay = 0.0\n"
-            "[[recipes.bench-staged.stages]]\nepochs = %d\nfreeze = 1\nlr = %g\nbn = \"%s\"\n"
-            "[[recipes.bench-staged.stages]]\nepochs = %d\nfreeze = 0\nlr = { head = %g, backbone = %g }\nbn = \"%s\"\n"
-            % (batch, frozen_epochs, lr, bn, all_epochs, lr, lr / 10, bn)
+            f"[recipes.bench-staged]\nbatch_size = {batch}\nweight_decay = 0.0\n"
+            f"[[recipes.bench-staged.stages]]\nepochs = {frozen_epochs}\nfreeze = 1\nlr = {lr:g}\nbn = \"{bn}\"\n"
+            f"[[recipes.bench-staged.stages]]\nepochs = {all_epochs}\nfreeze = 0\n"
+            f"lr = {{ head = {lr:g}, backbone = {lr / 10:g} }}\nbn = \"{bn}\"\n"
         )
         started = time.perf_counter()
         finetune("bench-staged", f"timm:{ARCH}", data, run_dir=out / f"zoo-staged-{bn}", pretrained=False, image_size=SIZE,

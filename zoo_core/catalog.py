@@ -11,12 +11,12 @@ The ``*_from_mapping`` builders are also what plugins use when they register a m
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import attrs
+import tomllib
 
 from . import paths
 from .errors import CatalogError, did_you_mean

@@ -203,7 +203,7 @@ def _unknown_hooks(manager: pluggy.PluginManager, plugin: Any) -> list[str]:
     """Hook implementations of ``plugin`` that no hookspec declares."""
     unknown = []
     for caller in manager.get_hookcallers(plugin) or ():
-        if caller.spec is None and caller.get_hookimpls():
+        if caller.spec is None and any(not impl.optionalhook for impl in caller.get_hookimpls() if impl.plugin is plugin):
             unknown.append(caller.name)
     return unknown
 

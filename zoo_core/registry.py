@@ -14,6 +14,7 @@ registered and which command lists them.
 
 from __future__ import annotations
 
+import fnmatch
 import functools
 import importlib
 import logging
@@ -25,8 +26,8 @@ from typing import Any
 import attrs
 
 from .catalog import Catalog, Where, family_from_mapping, load_catalog, recipe_from_mapping
-from .errors import CatalogError, PluginError, UnknownNameError, ZooError, did_you_mean
-from .names import ModelRef, is_tier_name, looks_like_path, parse_name, split_source
+from .errors import CatalogError, PluginError, UnknownNameError, did_you_mean
+from .names import is_tier_name, looks_like_path, parse_name, split_source
 from .plugins import PluginHost, Registration, load_plugins
 from .sources import Source, SourceIndex, load_index
 from .specs import FamilySpec, LocationKind, Recipe, ResolvedModel, TierSpec, WeightsFile, WeightsPin
@@ -363,8 +364,6 @@ class Registry:
 
 
 def _matches(pattern: str | None, *names: str) -> bool:
-    import fnmatch
-
     if not pattern:
         return True
     return any(fnmatch.fnmatchcase(name.lower(), pattern.lower()) for name in names)
@@ -397,5 +396,3 @@ def reset_default_registry() -> None:
     """Forget cached registries, e.g. after installing a plugin in the running process."""
     _default.clear()
 
-
-__all__ = ["Registry", "ListedModel", "Factory", "default_registry", "reset_default_registry", "load_object", "ModelRef", "ZooError"]

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+
 from zoo_core.engine.task import TaskData
 from zoo_core.errors import DataError
 

@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 from torch import nn
+
 from zoo_core.groups import LayerGroups
 from zoo_core.specs import Role
 

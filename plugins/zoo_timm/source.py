@@ -66,6 +66,7 @@ class TimmSource:
 
     def _pretrained(self, ref: ModelRef, tag: str) -> ResolvedModel:
         import timm
+
         from zoo_core.weights import pinned_revision
 
         full_name = f"{ref.name}.{tag}"
@@ -111,6 +112,7 @@ class TimmSource:
 def _cached_hub_filename(repo_id: str, revision: str | None) -> str:
     """The weights file a hub repo has in the local cache; safetensors when nothing is cached."""
     from huggingface_hub import try_to_load_from_cache
+
     from zoo_core import paths
 
     for filename in HF_WEIGHT_FILES:
@@ -134,6 +136,7 @@ def create_timm_model(
     and classifier reset for a new ``num_classes``), fed with the tensors Zoo read.
     """
     import timm
+
     from zoo_core.checkpoint import KNOWN_PREFIXES, read_checkpoint
 
     if num_classes is not None:

@@ -6,9 +6,8 @@ every stage container into its blocks.
 
 from __future__ import annotations
 
-from typing import Any
-
 from torch import nn
+
 from zoo_core.groups import LayerGroups, groups_from_prefixes, refine
 from zoo_core.specs import Role
 

@@ -85,6 +85,7 @@ class TorchvisionSource:
         **kwargs: Any,
     ) -> Any:
         from torchvision.models import get_model
+
         from zoo_core.checkpoint import KNOWN_PREFIXES, read_checkpoint
         from zoo_core.heads import num_outputs, replace_head
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import logging
 import re
-import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import attrs
+import tomllib
 
 from ..catalog import Where, recipe_from_mapping
 from ..errors import RecipeError, ZooError, did_you_mean
