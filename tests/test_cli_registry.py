@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from zoo_core.catalog import load_catalog
 from zoo_core.sources import INDEX_FORMAT
 
 
@@ -106,7 +107,10 @@ def test_list_with_no_match_says_so_and_succeeds(zoo) -> None:
 def test_list_without_pattern_lists_every_source(zoo) -> None:
     rows = json.loads(zoo("list", "--json").out)
     assert {row["source"] for row in rows} == {"alias", "tier", "timm", "torchvision"}
-    assert len(rows) > 1400
+    indexed = sum(len(json.loads(path.read_text())["entries"]) for path in (zoo_home() / "index").glob("*.json"))
+    catalog = load_catalog()
+    tiers = sum(len(family.tiers) for family in catalog.families.values()) + 5  # + the maxsight plugin's
+    assert len(rows) == indexed + len(catalog.aliases) + tiers
 
 
 # --- zoo info ------------------------------------------------------------------------------------------------------
@@ -333,6 +337,28 @@ def test_unknown_tier_is_one_line_listing_the_tiers(zoo) -> None:
 )
 def test_bad_arguments_are_one_line_pointing_at_help(zoo, argv: list[str], fragment: str) -> None:
     assert_one_error(zoo(*argv), fragment, "--help")
+
+
+def snapshot(*roots: Path) -> dict[str, bytes]:
+    return {str(p): p.read_bytes() for root in roots for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["info", "resnt18"],
+        ["list", "--source", "tim"],
+        ["recipes", "nope"],
+        ["tiers", "nope"],
+        ["pull", "resnt18"],
+        ["import", "resnt18", "missing.safetensors"],
+    ],
+    ids=["info", "list", "recipes", "tiers", "pull", "import"],
+)
+def test_bad_input_writes_nothing(zoo, isolated: Path, argv: list[str]) -> None:
+    before = snapshot(isolated, zoo_home())
+    assert_one_error(zoo(*argv))
+    assert snapshot(isolated, zoo_home()) == before
 
 
 def test_debug_adds_the_traceback(zoo) -> None:

@@ -74,7 +74,7 @@ def parse_name(text: str, *, tagged: bool = True, revisioned: bool = True) -> Mo
             raise ZooError(f"'{text}': nothing after '@'; give a revision such as a commit sha or 'main'")
     if not body:
         raise ZooError(f"'{text}': no model name after '{source}:'")
-    if not revisioned:  # file paths: anything goes
+    if not revisioned and not tagged:  # file paths: anything goes
         return ModelRef(name=body, source=source)
     if not _NAME_BODY.match(body):
         raise ZooError(f"'{text}': model names use letters, digits, '_', '-', '.', '/'")

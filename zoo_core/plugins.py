@@ -20,7 +20,7 @@ import attrs
 import pluggy
 
 from . import hookspecs
-from .errors import PluginError, did_you_mean
+from .errors import PluginError, ZooError, did_you_mean
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +182,7 @@ class PluginHost:
             def register(*args: Any, _plugin: str = impl.plugin_name, **kwargs: Any) -> None:
                 try:
                     name, value = accept(*args, **kwargs)
-                except (TypeError, ValueError) as exc:
+                except (TypeError, ValueError, ZooError) as exc:
                     raise PluginError(f"plugin '{_plugin}' registered an invalid {kind}: {exc}") from None
                 if name in found:
                     other = found[name].plugin

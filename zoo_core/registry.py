@@ -131,7 +131,7 @@ class Registry:
         self.plugins = plugins
         self.catalog = catalog
         self._indexes: dict[str, SourceIndex | None] = {}
-        self._validate_aliases()
+        self._validate_sources()
 
     @classmethod
     def load(cls, registry_files: Sequence[Path | str] = (), plugins: PluginHost | None = None) -> Registry:
@@ -306,7 +306,7 @@ class Registry:
     def _unknown(self, text: str) -> UnknownNameError:
         names = self.all_names()
         ref_name = text.split("@", 1)[0]
-        hint = did_you_mean(ref_name, names) or did_you_mean(ref_name.split(".", 1)[0], names)
+        hint = did_you_mean(ref_name.split(".", 1)[0], names) or did_you_mean(ref_name, names)
         return UnknownNameError(
             f"unknown model '{text}'{hint} ({len(names)} names are registered; run `zoo list` to see them, "
             "or `zoo list 'PATTERN*'` to search)"
@@ -353,12 +353,16 @@ class Registry:
 
     # -- validation ----------------------------------------------------------------------------------
 
-    def _validate_aliases(self) -> None:
-        for alias in self.catalog.aliases.values():
-            source_name, _ = split_source(alias.target)
+    def _validate_sources(self) -> None:
+        """Catalog names that use a source prefix must name a registered source."""
+        references = [(str(alias.origin), alias.target) for alias in self.catalog.aliases.values()]
+        for family in self.catalog.families.values():
+            references += [(f"{tier.origin}.backbone", tier.backbone) for tier in family.tiers.values()]
+        for where, name in references:
+            source_name, _ = split_source(name)
             if source_name is not None and source_name not in self._sources:
                 raise CatalogError(
-                    f"{alias.origin}: unknown source '{source_name}'{did_you_mean(source_name, self._sources)} "
+                    f"{where}: unknown source '{source_name}'{did_you_mean(source_name, self._sources)} "
                     f"(sources: {', '.join(self.source_names())})"
                 )
 

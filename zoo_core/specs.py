@@ -106,6 +106,19 @@ def _fraction(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
         raise SpecValueError(attribute.name, f"must be between 0 and 1, got {value!r}")
 
 
+def _one_of(*choices: str):
+    def check(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+        if value not in choices:
+            raise SpecValueError(attribute.name, f"must be one of {', '.join(map(repr, choices))}, got {value!r}")
+
+    return check
+
+
+def _whole_number(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+        raise SpecValueError(attribute.name, f"must be a whole number >= 0, got {value!r}")
+
+
 def _regexes(instance: Any, attribute: attrs.Attribute, value: tuple[Any, ...]) -> None:
     for index, item in enumerate(value):
         patterns = item if isinstance(item, tuple) else (item,)
@@ -363,7 +376,7 @@ class EarlyStop:
     """Stop the stage when ``monitor`` has not improved for ``patience`` epochs."""
 
     monitor: str = "val_loss"
-    mode: str = attrs.field(default="min", validator=attrs.validators.in_(("min", "max")))
+    mode: str = attrs.field(default="min", validator=_one_of("min", "max"))
     patience: int = attrs.field(default=3, validator=_positive_int)
     min_delta: float = attrs.field(default=0.0, validator=_non_negative)
 
@@ -470,8 +483,8 @@ class Recipe:
     batch_size: int = attrs.field(default=32, validator=_positive_int)
     max_lr: float | None = attrs.field(default=None, validator=_positive)
     label_smoothing: float = attrs.field(default=0.0, validator=_fraction)
-    granularity: str = attrs.field(default="coarse", validator=attrs.validators.in_(("coarse", "fine")))
-    seed: int = 0
+    granularity: str = attrs.field(default="coarse", validator=_one_of("coarse", "fine"))
+    seed: int = attrs.field(default=0, validator=_whole_number)
     origin: Origin = BUILTIN
 
     def __attrs_post_init__(self) -> None:

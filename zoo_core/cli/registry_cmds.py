@@ -27,7 +27,7 @@ def cmd_list(args: Any) -> int:
 
 
 def cmd_info(args: Any) -> int:
-    from ..errors import WeightsError
+    from ..errors import WeightsError, ZooError
     from ..groups import layer_groups
     from ..models import build_skeleton
     from ..weights import locate
@@ -41,8 +41,14 @@ def cmd_info(args: Any) -> int:
         located, data["cache_error"] = None, str(exc)
     data["cached"] = located is not None
     data["files"] = [item.to_dict() for item in located] if located else []
-    model = build_skeleton(resolved, registry=registry, num_classes=args.num_classes)
-    data["parameters"] = sum(parameter.numel() for parameter in model.parameters())
+    try:
+        model = build_skeleton(resolved, registry=registry, num_classes=args.num_classes)
+    except ZooError as exc:
+        if resolved.tier is None or args.num_classes is not None or args.groups:
+            raise
+        model = None  # a tier without a class count of its own: say how to count
+        data["parameters_note"] = f"{exc}"
+    data["parameters"] = sum(parameter.numel() for parameter in model.parameters()) if model is not None else None
     groups = None
     if args.groups:
         groups = layer_groups(model, granularity="fine" if args.fine else "coarse", registry=registry)
@@ -61,7 +67,10 @@ def cmd_info(args: Any) -> int:
     for item in data["files"]:
         pin = "pinned" if item["pinned"] else "not pinned"
         print(f"  {item['filename']}  sha256 {item['sha256']}  {human_count(item['size'])}B  {pin}\n    {item['path']}")
-    print(f"parameters    {data['parameters']:,} ({human_count(data['parameters'])})")
+    if data["parameters"] is None:
+        print("parameters    - (this tier takes its class count from you: add --num-classes N)")
+    else:
+        print(f"parameters    {data['parameters']:,} ({human_count(data['parameters'])})")
     if groups is not None:
         print()
         print(table([(i, g.name, g.role.value, f"{g.numel:,}", len(g.params)) for i, g in enumerate(groups)],
