@@ -163,7 +163,7 @@ class WeightsServer(ThreadingHTTPServer):
 @pytest.fixture
 def server() -> Iterator[WeightsServer]:
     httpd = WeightsServer()
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     yield httpd
     httpd.shutdown()

@@ -233,7 +233,8 @@ def strip_classifier(model: nn.Module) -> int:
     """Remove the classifier so the model returns pooled features; return their width."""
     if callable(getattr(model, "reset_classifier", None)) and hasattr(model, "num_features"):
         model.reset_classifier(0)
-        return int(model.num_features)
+        # some timm models (MobileNetV3) keep a pre-logits layer wider than num_features
+        return int(getattr(model, "head_hidden_size", None) or model.num_features)
     name, head = find_classifier(model)
     width = in_features_of(head)
     model.set_submodule(name, nn.Identity())

@@ -259,6 +259,7 @@ class Registry:
             target = self._resolve(alias.target, depth + 1)
             return attrs.evolve(
                 target,
+                name=text if alias.weights else target.name,  # own weights: pinned under the alias
                 requested=text,
                 via=f"alias '{text}' ({alias.origin})",
                 weights=_pinned_file(alias.weights) if alias.weights else target.weights,

@@ -285,7 +285,7 @@ def pull(resolved: ResolvedModel, lock: LockFile | None = None) -> LockEntry:
     return entry
 
 
-def import_file(resolved: ResolvedModel, file: Path, lock: LockFile | None = None) -> LockEntry:
+def import_file(resolved: ResolvedModel, file: Path, lock: LockFile | None = None, registry: Any = None) -> LockEntry:
     """Register a local weights file for ``resolved`` (air-gapped machines) and pin it.
 
     The file is read safely first (it must hold tensors), copied into Zoo's store under its
@@ -297,6 +297,7 @@ def import_file(resolved: ResolvedModel, file: Path, lock: LockFile | None = Non
     if not file.is_file():
         raise WeightsError(f"{file}: no such file to import")
     read_tensor_info(file)  # refuses unsafe, corrupt or tensor-less files with a clear message
+    _check_fits(resolved, file, registry)
     lock = lock or LockFile.read()
     digest = sha256_file(file)
     destination = store_path(digest, file.name)
@@ -312,6 +313,25 @@ def import_file(resolved: ResolvedModel, file: Path, lock: LockFile | None = Non
     )
     lock.pin(entry)
     return entry
+
+
+def _check_fits(resolved: ResolvedModel, file: Path, registry: Any = None) -> None:
+    """Refuse a file whose tensors do not cover the model's backbone (weights of another model)."""
+    from .models import build_skeleton
+    from .registry import default_registry
+    from .specs import TransferRules
+    from .transfer import plan_transfer
+
+    registry = registry or default_registry()
+    skeleton = build_skeleton(resolved, registry=registry, num_classes=resolved.num_classes or (1 if resolved.tier else None))
+    plan = plan_transfer(file, skeleton, rules=TransferRules(suffix_match=False), registry=registry)
+    covered = plan.coverage_of("backbone")
+    if covered < 1.0:
+        missing = [entry.target for entry in plan.entries if entry.role == "backbone" and entry.action.value == "new"]
+        raise WeightsError(
+            f"{file}: does not hold weights for {resolved.name}: only {covered:.0%} of its backbone is covered "
+            f"(e.g. {', '.join(missing[:3])} have no matching tensor); check that the file belongs to this model"
+        )
 
 
 def pinned_revision(name: str) -> str | None:

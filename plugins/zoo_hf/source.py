@@ -36,7 +36,7 @@ class HfHubSource:
             raise UnknownNameError(f"hf-hub:{repo_id}: expected a repository id ORG/NAME, e.g. hf-hub:timm/resnet50.a1_in1k")
         canonical = f"hf-hub:{repo_id}"
         revision = ref.revision or pinned_revision(canonical) or "main"
-        config_path = _fetch(repo_id, CONFIG, revision, canonical)
+        config_path = _fetch(repo_id, CONFIG, revision, f"{canonical}@{ref.revision}" if ref.revision else canonical)
         commit = hf_revision_of(config_path) or revision
         try:
             config = json.loads(config_path.read_text())
@@ -72,6 +72,7 @@ class HfHubSource:
         pretrained_cfg = dict(config.get("pretrained_cfg", {}))
         pretrained_cfg.update(architecture=resolved.architecture, num_classes=config.get("num_classes"))
         model_args = {**config.get("model_args", {}), **kwargs}
+        model_args.pop("num_classes", None)  # timm records it there too; the argument below decides
         return create_timm_model(
             resolved.architecture,
             weights_path=weights_path,

@@ -112,7 +112,7 @@ def cmd_import(args: Any) -> int:
     registry = registry_for(args)
     resolved = registry.resolve(args.name)
     lock = LockFile.read()
-    entry = import_file(resolved, Path(args.file), lock)
+    entry = import_file(resolved, Path(args.file), lock, registry=registry)
     if args.json:
         print_json({"lock": str(lock.path), "name": entry.name, **entry.to_dict()})
     else:
