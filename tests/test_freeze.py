@@ -43,11 +43,13 @@ def model() -> nn.Module:
 
 
 def loss_of(model: nn.Module, generator: torch.Generator) -> torch.Tensor:
-    images = torch.randn(4, 3, 32, 32, generator=generator)
+    images = torch.randn(4, 3, 16, 16, generator=generator)
     outputs = model(images)
     if isinstance(outputs, dict):
         labels = torch.randint(0, 3, (4,), generator=generator)
-        return F.cross_entropy(outputs["classifier"], labels) + F.mse_loss(outputs["distance"], torch.randn(4, 1, generator=generator))
+        return F.cross_entropy(outputs["classifier"], labels) + F.mse_loss(
+            outputs["distance"], torch.randn(4, 1, generator=generator)
+        )
     return F.cross_entropy(outputs, torch.randint(0, outputs.shape[1], (4,), generator=generator))
 
 
@@ -87,7 +89,11 @@ def tensors_of(model: nn.Module, group_names: list[str]) -> set[str]:
 
 
 def bn_modules(model: nn.Module, prefix: str) -> list[tuple[str, _BatchNorm]]:
-    found = [(name, module) for name, module in model.named_modules() if isinstance(module, _BatchNorm) and name.startswith(prefix)]
+    found = [
+        (name, module)
+        for name, module in model.named_modules()
+        if isinstance(module, _BatchNorm) and name.startswith(prefix)
+    ]
     assert found, f"no BatchNorm under {prefix!r}"
     return found
 
@@ -116,7 +122,9 @@ def test_a_freeze_level_freezes_groups_by_role(model: nn.Module, level: int) -> 
 
 @pytest.mark.parametrize("optimizer", OPTIMIZERS)
 @pytest.mark.parametrize("level", [1, 2])
-def test_frozen_parameters_and_bn_buffers_are_bitwise_unchanged_after_real_steps(model: nn.Module, level: int, optimizer: str) -> None:
+def test_frozen_parameters_and_bn_buffers_are_bitwise_unchanged_after_real_steps(
+    model: nn.Module, level: int, optimizer: str
+) -> None:
     freeze(model, level)
     before = snapshot(model)
     train_steps(model, optimizer)
@@ -162,7 +170,12 @@ def test_level_1_keeps_a_torchvision_backbone_bit_identical_including_bn_statist
     freeze(net, 1)
     before = snapshot(net)
     train_steps(net, "adamw", steps=2)
-    assert changed(before, net) == {"classifier.0.weight", "classifier.0.bias", "classifier.3.weight", "classifier.3.bias"}
+    assert changed(before, net) == {
+        "classifier.0.weight",
+        "classifier.0.bias",
+        "classifier.3.weight",
+        "classifier.3.bias",
+    }
 
 
 # --- freeze_to(n) and explicit group lists ------------------------------------------------------------------
@@ -175,7 +188,9 @@ def test_freeze_to_n_freezes_the_first_n_groups_from_the_input(model: nn.Module)
     train_steps(model)
     moved = changed(before, model)
     assert not moved & tensors_of(model, ["stem", "layer1", "layer2"])
-    assert moved >= {n for n in tensors_of(model, ["layer3", "heads.classifier"]) if not n.endswith("num_batches_tracked")}
+    assert moved >= {
+        n for n in tensors_of(model, ["layer3", "heads.classifier"]) if not n.endswith("num_batches_tracked")
+    }
 
 
 def test_freeze_to_beyond_the_number_of_groups_is_an_error(model: nn.Module) -> None:
@@ -202,7 +217,9 @@ def test_a_train_list_freezes_everything_else(model: nn.Module) -> None:
 
 
 def test_freeze_level_3_is_an_error(model: nn.Module) -> None:
-    with pytest.raises(GroupError, match=r"freeze level must be 0 \(none\), 1 \(backbone\) or 2 \(all but heads\), got 3"):
+    with pytest.raises(
+        GroupError, match=r"freeze level must be 0 \(none\), 1 \(backbone\) or 2 \(all but heads\), got 3"
+    ):
         freeze(model, 3)
 
 
@@ -241,7 +258,7 @@ def test_frozen_bn_statistics_do_not_move_in_train_mode_forward_passes(model: nn
     nn.Sequential(model).train()
     before = snapshot(model)
     with torch.no_grad():
-        model(torch.randn(4, 3, 32, 32))
+        model(torch.randn(4, 3, 16, 16))
     assert changed(before, model) == set()
 
 

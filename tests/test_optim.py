@@ -123,7 +123,15 @@ def decays_by_name(model: nn.Module, groups=None, weight_decay: float = 0.05) ->
 def test_no_weight_decay_on_norms_biases_and_vit_tokens() -> None:
     vit = timm.create_model("test_vit", pretrained=False)
     decays = decays_by_name(vit)
-    for name in ("cls_token", "pos_embed", "blocks.0.norm1.weight", "blocks.0.norm1.bias", "blocks.0.attn.qkv.bias", "norm.weight", "head.bias"):
+    for name in (
+        "cls_token",
+        "pos_embed",
+        "blocks.0.norm1.weight",
+        "blocks.0.norm1.bias",
+        "blocks.0.attn.qkv.bias",
+        "norm.weight",
+        "head.bias",
+    ):
         assert decays[name] == 0.0, name
     for name in ("patch_embed.proj.weight", "blocks.0.attn.qkv.weight", "blocks.0.mlp.fc1.weight", "head.weight"):
         assert decays[name] == 0.05, name
@@ -131,7 +139,9 @@ def test_no_weight_decay_on_norms_biases_and_vit_tokens() -> None:
 
 def test_weight_decay_exclusion_agrees_with_timm_for_a_vit() -> None:
     vit = timm.create_model("test_vit", pretrained=False)
-    timm_groups = timm.optim.param_groups_layer_decay(vit, weight_decay=0.05, no_weight_decay_list=vit.no_weight_decay())
+    timm_groups = timm.optim.param_groups_layer_decay(
+        vit, weight_decay=0.05, no_weight_decay_list=vit.no_weight_decay()
+    )
     by_id = {id(p): name for name, p in vit.named_parameters()}
     expected = {by_id[id(p)]: group["weight_decay"] for group in timm_groups for p in group["params"]}
     assert decays_by_name(vit) == expected
@@ -170,22 +180,41 @@ def test_an_explicit_mapping_sets_each_role_rate_and_a_group_name_beats_its_role
     optimizer = build_optimizer(model, groups)
     apply_learning_rates(optimizer, stage_learning_rates(spec, groups, groups.names()))
     assert current_rates(optimizer) == {
-        "stem": 1e-5, "layer1": 1e-5, "layer2": 1e-5, "layer3": 1e-5, "layer4": 3e-5,
-        "neck": 1e-4, "heads.classifier": 1e-3, "heads.distance": 1e-3,
+        "stem": 1e-5,
+        "layer1": 1e-5,
+        "layer2": 1e-5,
+        "layer3": 1e-5,
+        "layer4": 3e-5,
+        "neck": 1e-4,
+        "heads.classifier": 1e-3,
+        "heads.distance": 1e-3,
     }
-    assert {param_group["lr"] for param_group in optimizer.param_groups if param_group["zoo_group"] == "layer4"} == {3e-5}
+    assert {param_group["lr"] for param_group in optimizer.param_groups if param_group["zoo_group"] == "layer4"} == {
+        3e-5
+    }
 
 
 def test_a_head_name_beats_the_head_role(model: nn.Module) -> None:
     groups = layer_groups(model)
-    rates = stage_learning_rates(lr({"heads": 1e-3, "heads.distance": 5e-3, "backbone": 1e-5, "neck": 1e-4}), groups, groups.names())
+    rates = stage_learning_rates(
+        lr({"heads": 1e-3, "heads.distance": 5e-3, "backbone": 1e-5, "neck": 1e-4}), groups, groups.names()
+    )
     assert (rates["heads.classifier"], rates["heads.distance"]) == (1e-3, 5e-3)
 
 
 def test_base_and_decay_divide_the_rate_by_2_6_once_per_group_below_the_heads(model: nn.Module) -> None:
     groups = layer_groups(model)
     rates = stage_learning_rates(lr({"base": 1e-3, "decay": 2.6}), groups, groups.names())
-    expected = {"heads.classifier": 0, "heads.distance": 0, "neck": 1, "layer4": 2, "layer3": 3, "layer2": 4, "layer1": 5, "stem": 6}
+    expected = {
+        "heads.classifier": 0,
+        "heads.distance": 0,
+        "neck": 1,
+        "layer4": 2,
+        "layer3": 3,
+        "layer2": 4,
+        "layer1": 5,
+        "stem": 6,
+    }
     for name, power in expected.items():
         assert rates[name] == pytest.approx(1e-3 / 2.6**power, rel=1e-12), name
     assert rates["layer4"] / rates["neck"] == pytest.approx(1 / 2.6, rel=1e-12)
@@ -211,7 +240,9 @@ def test_layer_decay_outside_0_1_is_a_catalog_error_naming_the_key() -> None:
 def test_an_unknown_group_in_a_mapping_is_a_recipe_error_that_suggests_the_closest(model: nn.Module) -> None:
     groups = layer_groups(model)
     with pytest.raises(RecipeError, match=r"lr\.layr4: names no layer group or role - did you mean 'layer4'\?"):
-        stage_learning_rates(lr({"head": 1e-3, "backbone": 1e-5, "neck": 1e-4, "layr4": 1e-4}), groups, groups.names(), where="lr")
+        stage_learning_rates(
+            lr({"head": 1e-3, "backbone": 1e-5, "neck": 1e-4, "layr4": 1e-4}), groups, groups.names(), where="lr"
+        )
 
 
 def test_an_unknown_role_in_a_mapping_is_a_recipe_error_naming_it(model: nn.Module) -> None:
@@ -323,7 +354,9 @@ def test_optimizer_state_is_kept_for_parameters_that_stay_trainable(model: nn.Mo
     assert neck_weight not in optimizer.state
 
     freeze(model, 1)  # stage 2: the neck joins
-    apply_learning_rates(optimizer, stage_learning_rates(lr(1e-3), groups, ["neck", "heads.classifier", "heads.distance"]))
+    apply_learning_rates(
+        optimizer, stage_learning_rates(lr(1e-3), groups, ["neck", "heads.classifier", "heads.distance"])
+    )
     step(model, optimizer, generator)
     assert optimizer.state[head_weight]["exp_avg"] is exp_avg
     assert not torch.equal(exp_avg, remembered)  # updated in place, continuing from stage 1
@@ -343,7 +376,9 @@ def test_a_group_frozen_after_training_stops_moving_despite_optimizer_momentum(m
         step(model, optimizer, generator)
     assert optimizer.state[model.get_parameter("backbone.layer2.0.conv1.weight")], "the backbone has momentum state"
     freeze(model, 1)
-    apply_learning_rates(optimizer, stage_learning_rates(lr(1e-2), groups, ["neck", "heads.classifier", "heads.distance"]))
+    apply_learning_rates(
+        optimizer, stage_learning_rates(lr(1e-2), groups, ["neck", "heads.classifier", "heads.distance"])
+    )
     before = snapshot(model)
     for _ in range(2):
         step(model, optimizer, generator)

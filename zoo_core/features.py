@@ -44,7 +44,10 @@ def _default_fx_layers(model: nn.Module, registry: Any) -> list[str]:
 
 
 class FeatureExtractor(nn.Module):
-    """``FeatureExtractor("timm:resnet50", layers=["layer2", "layer4"], pool="avg")(x)`` -> dict."""
+    """``FeatureExtractor("timm:resnet50", layers=["layer2", "layer4"], pool="avg")(x)`` -> dict.
+
+    A module passed in is frozen and pinned in eval mode in place; pass a copy to keep training it.
+    """
 
     def __init__(
         self,
@@ -100,8 +103,8 @@ class FeatureExtractor(nn.Module):
                 if not -len(available) <= index < len(available):
                     raise ZooError(f"layer index {index} is out of range; layers: {', '.join(available)}")
                 chosen.append(available[index])
-            elif item in available:
-                chosen.append(item)
+            elif item in available or any(node.startswith(f"{item}.") for node in available):
+                chosen.append(item)  # a module name stands for its output (torchvision feature extraction)
             else:
                 shown = ", ".join(available[:12]) + (" …" if len(available) > 12 else "")
                 raise ZooError(f"unknown layer '{item}'{did_you_mean(str(item), available)} (layers: {shown})")

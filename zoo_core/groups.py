@@ -69,7 +69,11 @@ class LayerGroups(Sequence[LayerGroup]):
                     raise GroupError(f"{what}: parameter '{param}' is in two layer groups, '{seen[param]}' and '{name}'")
                 seen[param] = name
             numel = sum(params[param].numel() for param in names)
-            groups.append(LayerGroup(name, Role(role), names, numel))
+            try:
+                role = Role(role)
+            except ValueError:
+                raise GroupError(f"{what}: group '{name}' has role {role!r}; roles: backbone, neck, head") from None
+            groups.append(LayerGroup(name, role, names, numel))
         missing = [param for param in params if param not in seen]
         if missing:
             more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
@@ -175,15 +179,23 @@ def groups_from_prefixes(
     return LayerGroups.partition(model, assignments, what=what)
 
 
+def _is_block(module: nn.Module) -> bool:
+    """A module made of parametrised submodules (a block), not a single layer."""
+    return any(any(True for _ in child.parameters()) for child in module.children())
+
+
 def refine(model: nn.Module, layout: Sequence[tuple[str, Role | str, Sequence[str]]]) -> list[tuple[str, Any, list[str]]]:
-    """Split every single-module group whose module is a container into one group per child."""
+    """Fine granularity: split each backbone stage that is a sequence of blocks into one group per block.
+
+    Heads stay whole, and a conv-norm-activation sequence is a layer, not a stage: neither splits.
+    """
     refined: list[tuple[str, Any, list[str]]] = []
     for name, role, prefixes in layout:
-        if len(prefixes) == 1:
+        if len(prefixes) == 1 and Role(role) is not Role.HEAD:
             module = model.get_submodule(prefixes[0])
-            children = [child for child, sub in module.named_children() if any(True for _ in sub.parameters())]
-            if len(children) > 1 and isinstance(module, (nn.Sequential, nn.ModuleList)):
-                refined.extend((f"{name}.{child}", role, [f"{prefixes[0]}.{child}"]) for child in children)
+            children = [(child, sub) for child, sub in module.named_children() if any(True for _ in sub.parameters())]
+            if len(children) > 1 and isinstance(module, (nn.Sequential, nn.ModuleList)) and all(_is_block(sub) for _, sub in children):
+                refined.extend((f"{name}.{child}", role, [f"{prefixes[0]}.{child}"]) for child, _ in children)
                 continue
         refined.append((name, role, list(prefixes)))
     return refined

@@ -186,7 +186,10 @@ def replace_head(
         model.reset_classifier(num_classes)  # timm keeps num_classes and its config in step
         _, new_head = find_classifier(model)
     else:
-        new_head = build_head(kind, in_features_of(old_head), num_classes, registry=registry, **options)
+        if isinstance(old_head, nn.Linear) and kind == "linear" and not options:
+            new_head = nn.Linear(old_head.in_features, num_classes)  # keeps the model's state-dict layout
+        else:
+            new_head = build_head(kind, in_features_of(old_head), num_classes, registry=registry, **options)
         reference = next(old_head.parameters(), None)
         if reference is not None:
             new_head = new_head.to(device=reference.device, dtype=reference.dtype)

@@ -45,16 +45,21 @@ def _vit(model: nn.Module) -> list[tuple[str, Role, list[str]]]:
     return layout + [("norm", B, ["encoder.ln"]), ("head", H, ["heads"])]
 
 
-def _densenet(model: nn.Module) -> list[tuple[str, Role, list[str]]]:
+def _densenet(model: nn.Module, fine: bool = False) -> list[tuple[str, Role, list[str]]]:
+    """Dense blocks with their transitions; fine: one group per dense layer (the transition joins the last)."""
     layout = [("stem", B, ["features.conv0", "features.norm0"])]
-    children = [name for name, _ in model.features.named_children()]
-    for name in children:
-        if name.startswith("denseblock"):
-            index = name.removeprefix("denseblock")
-            members = [f"features.{name}"]
-            if f"transition{index}" in children:
-                members.append(f"features.transition{index}")
-            layout.append((f"block{index}", B, members))
+    children = dict(model.features.named_children())
+    for name, block in children.items():
+        if not name.startswith("denseblock"):
+            continue
+        index = name.removeprefix("denseblock")
+        transition = [f"features.transition{index}"] if f"transition{index}" in children else []
+        if fine:
+            layers = [f"features.{name}.{layer}" for layer, _ in block.named_children()]
+            layout += [(f"block{index}.{i}", B, [prefix]) for i, prefix in enumerate(layers)]
+            layout[-1] = (layout[-1][0], B, [*layout[-1][2], *transition])
+        else:
+            layout.append((f"block{index}", B, [f"features.{name}", *transition]))
     layout[-1] = (layout[-1][0], B, [*layout[-1][2], "features.norm5"])
     return layout + [("head", H, ["classifier"])]
 
@@ -94,7 +99,10 @@ def torchvision_layer_groups(model: nn.Module, granularity: str = "coarse") -> L
     layout_of = FAMILIES.get(type(model).__name__)
     if layout_of is None:
         return None  # not a known family: core falls back to top-level children
-    layout = layout_of(model)
-    if granularity == "fine":
-        layout = refine(model, layout)
+    if layout_of is _densenet:
+        layout = _densenet(model, fine=granularity == "fine")
+    else:
+        layout = layout_of(model)
+        if granularity == "fine":
+            layout = refine(model, layout)
     return groups_from_prefixes(model, layout, what=type(model).__name__)
