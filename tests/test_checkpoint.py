@@ -64,7 +64,11 @@ class RunsShellCommand:
 
 
 def small_state() -> dict[str, torch.Tensor]:
-    return {"conv.weight": torch.randn(4, 3, 3, 3), "conv.bias": torch.randn(4), "bn.num_batches_tracked": torch.tensor(3)}
+    return {
+        "conv.weight": torch.randn(4, 3, 3, 3),
+        "conv.bias": torch.randn(4),
+        "bn.num_batches_tracked": torch.tensor(3),
+    }
 
 
 # --- layouts found in the wild -----------------------------------------------------------------------
@@ -204,6 +208,7 @@ def test_a_legacy_format_pickle_payload_is_refused_and_never_runs(tmp_path: Path
     assert not marker.exists()
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_a_plain_pickle_file_payload_is_refused_naming_its_global(tmp_path: Path) -> None:
     """``pickle.dump`` (protocol 4+) files are what most hand-rolled 'checkpoints' are."""
     marker = tmp_path / "payload-ran"
@@ -239,7 +244,9 @@ def test_a_non_allowlisted_global_is_refused_with_its_name(tmp_path: Path) -> No
     path = tmp_path / "with-args.pt"
     torch.save({"model_state_dict": small_state(), "args": argparse.Namespace(lr=0.1)}, path)
 
-    with pytest.raises(CheckpointError, match=r"with-args\.pt: refused to load: it needs the global 'argparse\.Namespace'"):
+    with pytest.raises(
+        CheckpointError, match=r"with-args\.pt: refused to load: it needs the global 'argparse\.Namespace'"
+    ):
         read_checkpoint(path)
 
 
@@ -248,7 +255,9 @@ def test_allowlisted_containers_and_plain_values_load(tmp_path: Path) -> None:
 
     state = OrderedDict(small_state())
     path = tmp_path / "ok.pt"
-    torch.save({"model_state_dict": state, "epoch": 2, "val_loss": 0.5, "metrics": {"acc": [0.5, 0.7]}, "tag": None}, path)
+    torch.save(
+        {"model_state_dict": state, "epoch": 2, "val_loss": 0.5, "metrics": {"acc": [0.5, 0.7]}, "tag": None}, path
+    )
 
     checkpoint = read_checkpoint(path)
 
@@ -357,7 +366,9 @@ def test_saved_checkpoints_load_with_plain_torch_weights_only(tmp_path: Path) ->
     folder = tmp_path / "run"
     state = resnet_state()
     provenance = make_provenance(model="timm:resnet10t", num_classes=5, class_names=list("abcde"))
-    path = save_checkpoint({"model_state_dict": state, "epoch": 3, "val_loss": 0.2, "provenance": provenance}, folder / "a.pt")
+    path = save_checkpoint(
+        {"model_state_dict": state, "epoch": 3, "val_loss": 0.2, "provenance": provenance}, folder / "a.pt"
+    )
 
     loaded = torch.load(path, weights_only=True)
 

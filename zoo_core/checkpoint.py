@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import pickle
+import pickletools
 import re
 import zipfile
 from collections.abc import Iterable, Mapping
@@ -86,6 +87,21 @@ def _unsafe_globals(path: Path, message: str) -> list[str]:
     found = re.findall(r"GLOBAL ([\w.]+)", message)
     if found:
         return found
+    try:  # walk the pickle's opcodes (pickletools executes nothing) for the globals it names
+        with open(path, "rb") as handle:
+            strings: list[str] = []
+            names = []
+            for opcode, arg, _ in pickletools.genops(handle):
+                if opcode.name in ("GLOBAL", "INST"):
+                    names.append(str(arg).replace(" ", "."))
+                elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    names.append(f"{strings[-2]}.{strings[-1]}")
+                elif isinstance(arg, str):
+                    strings.append(arg)
+        if names:
+            return names
+    except Exception:
+        pass
     try:
         return list(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
     except Exception:  # not a zip checkpoint: the message was all there is

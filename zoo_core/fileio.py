@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import IO, Any
 
 CHUNK = 1 << 20
+_UMASK = os.umask(0)  # read once: swapping the umask later would race with other threads
+os.umask(_UMASK)
 
 
 def fsync_dir(folder: Path) -> None:
@@ -44,6 +46,7 @@ def atomic_writer(path: Path | str, mode: str = "wb") -> Iterator[IO[Any]]:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give what a plain open() would
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -387,14 +387,13 @@ def plan_from_info(
     candidates: dict[str, tuple[str, bool]] = {}  # target key -> (source key, renamed)
 
     for key, info in source.info.items():
-        if any(p.search(key) for p in exclude) or (include and not any(p.search(key) for p in include)):
-            unused[key] = UnusedSource(key, Unused.EXCLUDED, info.shape, "excluded by rules")
-            continue
         mapped = key
         for pattern, replacement in renames:
             mapped = pattern.sub(replacement, mapped)
-        if mapped != key and (any(p.search(mapped) for p in exclude) or (include and not any(p.search(mapped) for p in include))):
-            unused[key] = UnusedSource(key, Unused.EXCLUDED, info.shape, f"excluded by rules as {mapped}")
+        names = {key, mapped}
+        if any(p.search(n) for p in exclude for n in names) or (include and not any(p.search(mapped) for p in include)):
+            note = "excluded by rules" if mapped == key else f"excluded by rules as {mapped}"
+            unused[key] = UnusedSource(key, Unused.EXCLUDED, info.shape, note)
             continue
         if mapped in candidates:
             other = candidates[mapped][0]
@@ -503,7 +502,9 @@ def _suffix_fallback(
         if not scored:
             continue
         best = max(score for score, _ in scored)
-        winners = [mapped for score, mapped in scored if score == best]
+        tied = [mapped for score, mapped in scored if score == best]
+        fewest = min(len(mapped.split(".")) for mapped in tied)
+        winners = [mapped for mapped in tied if len(mapped.split(".")) == fewest]
         if len(winners) > 1:
             raise TransferError(
                 f"ambiguous suffix match for target '{target}': source tensors {', '.join(repr(free[w]) for w in winners[:3])} "

@@ -125,7 +125,7 @@ def _apply_and_save(plan: Any, args: Any, registry: Any, num_classes: int | None
         num_classes=outputs,
         class_names=classes,
         transfer=report,
-        parent={"path": str(source_path), "sha256": source_sha} if source_path and Path(args.source).is_file() else None,
+        parent={"path": str(source_path.resolve()), "sha256": source_sha} if source_path and Path(args.source).is_file() else None,
     )
     output = Path(args.output)
     if output.suffix == ".safetensors":

@@ -23,7 +23,7 @@ from typing import Any
 
 from ..checkpoint import check_finite, save_checkpoint, torch_load
 from ..errors import CheckpointError, RunError
-from ..fileio import atomic_write_json, fsync_dir
+from ..fileio import atomic_write_json, fsync_dir, remove_stale_temporaries
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +119,7 @@ class RunFolder:
             target = self.best()
         else:
             target = self.checkpoints / f"{name}.pt"
+        remove_stale_temporaries(self.checkpoints, target.name)  # left by a save that was killed
         return save_checkpoint(content, target)
 
     # -- metrics -----------------------------------------------------------------------------------
