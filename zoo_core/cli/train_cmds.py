@@ -64,7 +64,7 @@ def cmd_finetune(args: Any) -> int:
             best = result.best
             print(f"run folder {result.run_dir}")
             if best["value"] is not None:
-                print(f"best {best['metric']} {best['value']:.4f} (epoch {best['epoch']}) -> {result.best_checkpoint}")
+                print(f"best {best['metric']} {best['value']:.4f} (epoch {best['epoch'] + 1}) -> {result.best_checkpoint}")
             final = result.final
             if "accuracy" in final:
                 print(f"final val accuracy {final['accuracy']:.4f}, val loss {final['val_loss']:.4f}")

@@ -300,7 +300,9 @@ class Engine:
             from torch.nn.parallel import DistributedDataParallel
 
             device_ids = [self.device.device.index] if self.device.device.type == "cuda" else None
-            module = DistributedDataParallel(module, device_ids=device_ids)
+            # a multi-head model may train on one head's loss only; DDP must not wait for the others
+            unused = len(getattr(self.model, "heads", ())) > 1
+            module = DistributedDataParallel(module, device_ids=device_ids, find_unused_parameters=unused)
         if self.compile_backend:
             torch._dynamo.reset()  # graphs captured for the old trainable set must not be reused
             module = torch.compile(module, backend=self.compile_backend)
