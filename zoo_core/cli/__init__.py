@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 import traceback
 from collections.abc import Sequence
@@ -174,6 +175,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         return int(_resolve_handler(args.handler)(args) or 0)
     except ZooError as exc:
+        if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 speaks for all
+            return 2
         if debug:
             traceback.print_exc()
         print(f"zoo: error: {exc}", file=sys.stderr)

@@ -32,8 +32,15 @@ def cmd_finetune(args: Any) -> int:
     if args.nproc < 1:
         raise ZooError(f"--nproc must be at least 1, got {args.nproc}")
     if args.nproc > 1 and not distributed.in_torchrun():
-        argv = _argv_without_nproc(args._argv)
-        return distributed.launch(argv, args.nproc)
+        from ..engine.api import plan_run
+
+        # bad input fails here, once, instead of in every process torchrun starts
+        plan_run(
+            args.recipe, args.model, args.data, task=args.task, run_dir=args.run_dir, resume=args.resume,
+            overrides=args.set, pretrained=args.pretrained, val_fraction=args.val_fraction, seed=args.seed,
+            registry=registry_for(args), world_size=args.nproc, check_model=True,
+        )
+        return distributed.launch(_argv_without_nproc(args._argv), args.nproc)
     if not args.json:
         logging.getLogger("zoo_core.engine").setLevel(min(logging.getLogger().level, logging.INFO))
     from ..engine.api import finetune

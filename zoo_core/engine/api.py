@@ -143,6 +143,94 @@ def default_run_dir(recipe: str, model: str) -> Path:
 # --- the public functions ------------------------------------------------------------------------
 
 
+@attrs.frozen
+class RunPlan:
+    """Everything about a run that can be checked before any model is built or file written."""
+
+    recipe: Recipe
+    seed: int
+    task_name: str
+    task: Any
+    data_root: Path
+    data: Any
+    folder: Any
+    record: dict[str, Any]
+
+
+def check_groups(recipe: Recipe, model: Any, registry: Registry) -> tuple[Any, Any]:
+    """The model's layer groups and the unfreeze schedule; unknown groups and missing rates fail here."""
+    from ..groups import layer_groups
+    from ..optim import stage_learning_rates
+
+    groups = layer_groups(model, granularity=recipe.granularity, registry=registry)
+    schedule = registry.plugins.hook.zoo_unfreeze_schedule(recipe=recipe, groups=groups)
+    for index, stage in enumerate(recipe.stages):
+        for epoch in range(stage.epochs):
+            stage_learning_rates(stage.lr, groups, schedule(index, epoch), where=f"recipe '{recipe.name}' stages[{index}].lr")
+    return groups, schedule
+
+
+def plan_run(
+    recipe: str,
+    model: str,
+    data: str | Path,
+    *,
+    task: str | None = None,
+    run_dir: str | Path | None = None,
+    resume: bool = False,
+    overrides: Sequence[str] = (),
+    pretrained: bool = True,
+    val_fraction: float = 0.2,
+    seed: int | None = None,
+    registry: Registry | None = None,
+    world_size: int = 1,
+    check_model: bool = False,
+) -> RunPlan:
+    """Check a run's inputs — recipe, task, data, batch split, run folder — without side effects.
+
+    ``check_model`` also builds the model's skeleton (meta device) to check groups and rates;
+    the launcher of a multi-process run uses it so bad input fails once, before torchrun starts.
+    """
+    from .rundir import RunFolder
+
+    registry = registry or default_registry()
+    spec = apply_overrides(registry.recipe(recipe), overrides)
+    seed = spec.seed if seed is None else seed
+    task_name = task or spec.task or "classification"
+    task_obj = registry.task(task_name)
+    check_augment_keys(spec, task_obj)
+    if not 0 < val_fraction < 1:
+        raise ZooError(f"--val-fraction must be between 0 and 1, got {val_fraction}")
+    for index, stage in enumerate(spec.stages):
+        batch = stage.batch_size or spec.batch_size
+        if batch % world_size:
+            raise RecipeError(
+                f"recipe '{spec.name}' stages[{index}]: batch size {batch} does not split over {world_size} processes; "
+                f"use a multiple of {world_size} (--set batch_size=...)"
+            )
+    data_root = Path(data)
+    task_data = task_obj.load_data(data_root, seed=seed, val_fraction=val_fraction)
+    folder = RunFolder(run_dir or default_run_dir(recipe, model))
+    record = {
+        "recipe": spec.to_dict(),
+        "model": model,
+        "task": task_name,
+        "data": str(data_root.resolve()),
+        "seed": seed,
+        "val_fraction": val_fraction,
+        "classes": list(task_data.class_names),
+        "world_size": world_size,
+        "pretrained": pretrained,
+    }
+    folder.check(record, resume=resume)
+    if check_model:
+        from ..models import build_skeleton
+
+        skeleton = build_skeleton(registry.resolve(model), registry=registry, num_classes=len(task_data.class_names))
+        check_groups(spec, skeleton, registry)
+    return RunPlan(spec, seed, task_name, task_obj, data_root, task_data, folder, record)
+
+
 def finetune(
     recipe: str,
     model: str,
@@ -163,71 +251,54 @@ def finetune(
     registry: Registry | None = None,
     print_plan: bool = False,
 ) -> Any:
-    """Run ``recipe`` on ``model`` over the data folder ``data``; return a :class:`RunResult`."""
+    """Run ``recipe`` on ``model`` over the data folder ``data``; return a :class:`RunResult`.
+
+    Every input is checked before the run folder is written; a run that fails before its
+    first checkpoint removes the folder it created, so the corrected command can run there.
+    """
     import torch
 
-    from ..groups import layer_groups
-    from ..optim import stage_learning_rates
     from . import distributed
     from .device import configure, pick_device
     from .loop import Engine, RunInfo
-    from .rundir import RunFolder
 
     registry = registry or default_registry()
-    spec = apply_overrides(registry.recipe(recipe), overrides)
-    seed = spec.seed if seed is None else seed
-    task_name = task or spec.task or "classification"
-    task_obj = registry.task(task_name)
-    check_augment_keys(spec, task_obj)
-    if not 0 < val_fraction < 1:
-        raise ZooError(f"--val-fraction must be between 0 and 1, got {val_fraction}")
-    data_root = Path(data)
-    task_data = task_obj.load_data(data_root, seed=seed, val_fraction=val_fraction)
-
     chosen = pick_device(device)
     dist_info = distributed.init(chosen)
-    device_cfg = configure(chosen)
-    folder = RunFolder(run_dir or default_run_dir(recipe, model))
-    record = {
-        "recipe": spec.to_dict(),
-        "model": model,
-        "task": task_name,
-        "data": str(data_root.resolve()),
-        "seed": seed,
-        "val_fraction": val_fraction,
-        "classes": list(task_data.class_names),
-        "world_size": dist_info.world_size,
-        "pretrained": pretrained,
-    }
-    if dist_info.is_main:
-        folder.start(record, spec.to_dict(), resume=resume)
-    distributed.barrier(dist_info)
-
-    torch.manual_seed(seed)  # new heads start from the same initialisation on every rank and every run
-    start, provenance = build_start_model(
-        model, registry=registry, class_names=task_data.class_names, pretrained=pretrained, report=print_plan and dist_info.is_main
+    plan = plan_run(
+        recipe, model, data, task=task, run_dir=run_dir, resume=resume, overrides=overrides, pretrained=pretrained,
+        val_fraction=val_fraction, seed=seed, registry=registry, world_size=dist_info.world_size,
     )
-    provenance.update(task=task_name, data={"root": str(data_root.resolve()), "seed": seed, "val_fraction": val_fraction, "split": task_data.split})
-    groups = layer_groups(start, granularity=spec.granularity, registry=registry)
-    schedule = registry.plugins.hook.zoo_unfreeze_schedule(recipe=spec, groups=groups)
-    for index, stage in enumerate(spec.stages):  # unknown groups and missing rates fail now, not mid-run
-        for epoch in range(stage.epochs):
-            stage_learning_rates(stage.lr, groups, schedule(index, epoch), where=f"recipe '{spec.name}' stages[{index}].lr")
+    spec, folder = plan.recipe, plan.folder
+    device_cfg = configure(chosen)
 
-    input_config = task_obj.input_config(start, image_size)
+    torch.manual_seed(plan.seed)  # new heads start from the same initialisation on every rank and every run
+    start, provenance = build_start_model(
+        model, registry=registry, class_names=plan.data.class_names, pretrained=pretrained, report=print_plan and dist_info.is_main
+    )
+    provenance.update(
+        task=plan.task_name,
+        data={"root": str(plan.data_root.resolve()), "seed": plan.seed, "val_fraction": val_fraction, "split": plan.data.split},
+    )
+    groups, schedule = check_groups(spec, start, registry)
+    input_config = plan.task.input_config(start, image_size)
     provenance["input"] = {key: list(value) if isinstance(value, tuple) else value for key, value in input_config.items()}
+
+    created = not folder.path.exists()
     if dist_info.is_main:
+        folder.start(plan.record, spec.to_dict(), resume=resume)
         folder.write_json("provenance.json", provenance)
         if provenance.get("transfer"):
             folder.write_json("transfer.json", provenance["transfer"])
         folder.write_json("groups.json", groups.to_rows())
-    info = RunInfo(folder.path, spec, model, task_name, dist_info.rank, dist_info.world_size)
+    distributed.barrier(dist_info)
+    info = RunInfo(folder.path, spec, model, plan.task_name, dist_info.rank, dist_info.world_size)
     engine = Engine(
         model=start,
         groups=groups,
         recipe=spec,
-        task=task_obj,
-        data=task_data,
+        task=plan.task,
+        data=plan.data,
         input_config=input_config,
         device=device_cfg,
         dist=dist_info,
@@ -235,15 +306,19 @@ def finetune(
         info=info,
         hook=registry.plugins.hook,
         schedule=schedule,
-        seed=seed,
+        seed=plan.seed,
         provenance=provenance,
         workers=workers,
         compile_backend=compile_backend,
         use_cache=use_cache,
     )
-    state = folder.resume_checkpoint()[0] if resume else None
     try:
+        state = folder.resume_checkpoint()[0] if resume else None
         return engine.run(state)
+    except BaseException:
+        if dist_info.is_main and not resume:
+            folder.discard_if_unstarted(created)
+        raise
     finally:
         distributed.shutdown(dist_info)
 

@@ -45,9 +45,16 @@ class EarlyStopping:
         self.best, self.bad_epochs = state["best"], state["bad_epochs"]
 
 
+def _loss_key(component: str) -> str:
+    return component if component.startswith("val_") else "val_loss" if component == "loss" else f"val_{component}"
+
+
 def drift_violations(guard: DriftGuard, baseline: Mapping[str, float], current: Mapping[str, float]) -> list[str]:
-    """Loss components outside ``baseline × (1 ± band)``, as readable strings."""
-    names = guard.components or tuple(baseline)
+    """Loss components (``val_loss``, ``val_<component>``) outside ``baseline × (1 ± band)``.
+
+    Only losses are watched: metrics such as accuracy are expected to move.
+    """
+    names = [_loss_key(c) for c in guard.components] or [key for key in baseline if key.startswith("val_")]
     found = []
     for name in names:
         if name not in baseline or name not in current or not baseline[name]:

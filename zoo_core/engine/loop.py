@@ -262,12 +262,7 @@ class Engine:
 
     def _begin_stage(self, stage: Stage) -> None:
         world = self.dist.world_size
-        batch = stage.batch_size or self.recipe.batch_size
-        if batch % world:
-            from ..errors import RecipeError
-
-            raise RecipeError(f"batch size {batch} does not split over {world} processes; use a multiple of {world}")
-        self.per_rank_batch = batch // world
+        self.per_rank_batch = (stage.batch_size or self.recipe.batch_size) // world  # divisibility: api.plan_run
         self.train_dataset = self.task.dataset(self.data, "train", input_config=self.input_config, augment=stage.augment)
         self.deterministic = self.task.deterministic(stage.augment)
         if stage.ema and self.ema is None:
@@ -308,6 +303,8 @@ class Engine:
             module = torch.compile(module, backend=self.compile_backend)
         self._train_forward = module
         trained = [group.name for group in self.groups if group.name in trainable]
+        if not self.dist.is_main:
+            return
         log.info(
             "stage %d: training %s%s",
             stage_index,

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -59,27 +60,40 @@ class RunFolder:
 
     # -- starting and resuming -------------------------------------------------------------------
 
-    def start(self, record: Mapping[str, Any], recipe: Mapping[str, Any], *, resume: bool) -> None:
-        """Check ``--resume`` against what is on disk, or refuse to overwrite an existing run."""
+    def check(self, record: Mapping[str, Any], *, resume: bool) -> None:
+        """Check ``--resume`` against what is on disk, or refuse to overwrite an existing run. Writes nothing."""
         existing = self.read_record()
         if resume:
             if existing is None:
                 raise RunError(f"{self.path}: nothing to resume (no run.json); drop --resume to start a new run")
             for key in IDENTITY_KEYS:
                 if existing.get(key) != record.get(key):
-                    raise RunError(
-                        f"{self.path}: --resume of a run made with {key} {_short(existing.get(key))}, but this command "
-                        f"uses {_short(record.get(key))}; use the same --recipe/--model/--set, or another --run-dir"
-                    )
+                    raise RunError(f"{self.path}: --resume of a run made with {_difference(key, existing.get(key), record.get(key))}")
             return
         if existing is not None:
             raise RunError(
                 f"{self.path}: already holds a run (recipe {_short(existing.get('recipe'))}, model {existing.get('model')}); "
                 "continue it with --resume, or choose another --run-dir"
             )
+
+    def start(self, record: Mapping[str, Any], recipe: Mapping[str, Any], *, resume: bool) -> None:
+        """Check (see :meth:`check`), then write the run record of a new run."""
+        self.check(record, resume=resume)
+        if resume:
+            return
         self.path.mkdir(parents=True, exist_ok=True)
         atomic_write_json(self.record_file, dict(record))
         atomic_write_json(self.path / "recipe.json", dict(recipe))
+
+    def discard_if_unstarted(self, created: bool) -> None:
+        """After a failure before the first checkpoint, remove what starting the run wrote."""
+        if self.checkpoints.exists() and any(self.checkpoints.glob("*.pt")):
+            return  # something to resume from: keep it
+        if created:
+            shutil.rmtree(self.path, ignore_errors=True)
+            return
+        for name in ("run.json", "recipe.json", "provenance.json", "transfer.json", "groups.json", "metrics.jsonl"):
+            (self.path / name).unlink(missing_ok=True)
 
     def write_json(self, name: str, data: Any) -> None:
         atomic_write_json(self.path / name, data)
@@ -141,6 +155,18 @@ class RunFolder:
         from ..fileio import atomic_write_text
 
         atomic_write_text(self.metrics_file, "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows))
+
+
+def _difference(key: str, before: Any, now: Any) -> str:
+    if key == "recipe" and isinstance(before, Mapping) and isinstance(now, Mapping) and before.get("name") == now.get("name"):
+        return (
+            f"other values of recipe {_short(before)} (different --set overrides?); use the same overrides, "
+            "or another --run-dir"
+        )
+    return (
+        f"{key} {_short(before)}, but this command uses {_short(now)}; use the same --recipe/--model/--set, "
+        "or another --run-dir"
+    )
 
 
 def _short(value: Any) -> str:
