@@ -287,7 +287,8 @@ class TransferPlan:
                     f"or relax --require {selector}={got:.2f}"
                 )
         if strict:
-            mismatched = [item for item in self.unused if item.reason is Unused.SHAPE]
+            order = {key: index for index, key in enumerate(self.source.info)}
+            mismatched = sorted((item for item in self.unused if item.reason is Unused.SHAPE), key=lambda i: order[i.source])
             if mismatched:
                 item = mismatched[0]
                 raise TransferError(
@@ -432,7 +433,7 @@ def plan_from_info(
         source=source,
         target_name=target_name,
         entries=entries,
-        unused=[unused[key] for key in source.info if key in unused],
+        unused=[unused[key] for key in sorted(unused)],  # the same order whatever the file format
         coverage=coverage,
         rules=rules,
         target_classes=target_classes,
