@@ -2,27 +2,59 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import shutil
 from pathlib import Path
 
 import pytest
+from conftest import CliResult
 
 
-def test_quick_demo_puts_transfer_ahead_of_scratch(zoo, isolated: Path) -> None:
-    result = zoo("demo", "--quick", "--out", "demo-out")
+@pytest.fixture(scope="module")
+def quick_demo(tmp_path_factory: pytest.TempPathFactory, name_index: Path) -> tuple[Path, CliResult]:
+    """One `zoo demo --quick` run shared by this module's tests (it trains three models)."""
+    from zoo_core.cli import main
+    from zoo_core.registry import reset_default_registry
+
+    root = tmp_path_factory.mktemp("demo")
+    shutil.copytree(name_index, root / "zoo-home" / "index")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ZOO_HOME", str(root / "zoo-home"))
+        patch.chdir(root)
+        reset_default_registry()
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(["demo", "--quick", "--out", "demo-out"])
+        reset_default_registry()
+    return root / "demo-out", CliResult(code, out.getvalue(), err.getvalue())
+
+
+def test_quick_demo_puts_transfer_ahead_of_scratch(quick_demo) -> None:
+    out, result = quick_demo
     assert result.code == 0, result
-    summary = json.loads((isolated / "demo-out" / "demo.json").read_text())
+    summary = json.loads((out / "demo.json").read_text())
     transfer, scratch = summary["arms"]
     assert (transfer["arm"], scratch["arm"]) == ("transfer", "scratch")
     assert transfer["epochs"] == scratch["epochs"]
     assert transfer["accuracy"] > scratch["accuracy"]
-    assert "ARM" in result.out and "transfer" in result.out and "scratch" in result.out
-    assert (isolated / "demo-out" / "curves.png").stat().st_size > 1000
+    assert transfer["epochs_to_target"] is not None
+    assert scratch["epochs_to_target"] is None or scratch["epochs_to_target"] > transfer["epochs_to_target"]
 
 
-def test_demo_registers_the_pretrained_checkpoint_under_a_name(zoo, isolated: Path) -> None:
-    assert zoo("demo", "--quick", "--out", "demo-out").code == 0
-    info = zoo("--registry", "demo-out/zoo.toml", "info", "digits-0-4", "--json")
+def test_quick_demo_prints_the_table_and_draws_the_curves(quick_demo) -> None:
+    out, result = quick_demo
+    header = next(line for line in result.out.splitlines() if line.startswith("ARM"))
+    assert "VAL ACCURACY" in header and "EPOCHS TO 60%" in header and "WALL TIME" in header
+    assert any(line.startswith("transfer") for line in result.out.splitlines())
+    assert any(line.startswith("scratch") for line in result.out.splitlines())
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_demo_registers_the_pretrained_checkpoint_under_a_name(quick_demo, zoo) -> None:
+    out, _ = quick_demo
+    info = zoo("--registry", out / "zoo.toml", "info", "digits-0-4", "--json")
     assert info.code == 0, info
     data = json.loads(info.out)
     assert data["source"] == "file"

@@ -78,7 +78,7 @@ SCHEMA_ERRORS = {
     ),
     "ema": (
         "epochs = 2\nlr = 1e-3\nema = 1.5",
-        "recipes.fast.stages[0].ema: is the EMA decay and must be between 0 and 1, got 1.5",
+        "recipes.fast.stages[0].ema: is the EMA decay and must be between 0 and 1 (0 turns it off), got 1.5",
     ),
     "grad-clip": ("epochs = 2\nlr = 1e-3\ngrad_clip = 0", "recipes.fast.stages[0].grad_clip: must be > 0, got 0"),
     "batch-size": (

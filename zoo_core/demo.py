@@ -2,9 +2,13 @@
 
 1. Pretrain a small timm ResNet on digits 0-4 (the bundled UCI digits, no download) and
    register the best checkpoint under a name, ``digits-0-4``, in the demo's ``zoo.toml``.
-2. Transfer it to digits 5-9 with only a few labelled images per class, with the built-in
+2. Transfer it to digits 5-9 with ten labelled images per class, with the built-in
    ``lightweight-3stage`` recipe (heads, then heads + neck, then everything).
-3. Train the same architecture from scratch on the same images for the same number of epochs.
+3. Train the same architecture from scratch on the same images for the same number of epochs,
+   at the learning rate that suits it best for that budget.
+
+The budget is short on purpose: what pretraining buys here is speed. Given many more epochs,
+training from scratch catches up on this easy data set (measured: both arms near 90% after 20).
 
 The demo writes image folders, run folders, ``demo.json`` (the table and the curves) and
 ``curves.png`` (when matplotlib is installed) under its output folder.
@@ -35,19 +39,27 @@ DATA_FILE = Path(__file__).parent / "data" / "digits.npz"
 @attrs.frozen
 class DemoSettings:
     pretrain_epochs: int
-    stage_epochs: tuple[int, int, int]
-    shots: int  # labelled training images per class for digits 5-9
+    stage_epochs: tuple[int, int, int]  # the three stages of lightweight-3stage; scratch gets their sum
+    shots: int = 10  # labelled training images per class for digits 5-9
     image_size: int = 32
     pretrain_batch: int = 64
     transfer_batch: int = 10
-    target_accuracy: float = 0.8
-    # the recipe's rates suit large pretrained detectors; a network pretrained on five digit
-    # classes needs its last stage to move the backbone further
-    transfer_overrides: tuple[str, ...] = ("stages.2.lr={head=1e-3, backbone=5e-4}",)
+    target_accuracy: float = 0.6
+    pretrain_overrides: tuple[str, ...] = ("stages.0.augment={crop_scale=0.6}",)
+    # the recipe's rates suit large pretrained detectors; a few dozen images need a faster head,
+    # and a backbone that barely moves in the short last stage
+    transfer_overrides: tuple[str, ...] = (
+        "stages.0.lr={head=3e-2}",
+        "stages.1.lr={head=1e-2}",
+        "stages.2.lr={head=5e-3, backbone=1e-5}",
+        "stages.2.bn=eval",
+        "stages.2.ema=0",
+    )
+    scratch_overrides: tuple[str, ...] = ("stages.0.lr=4e-3",)  # the best of 1e-3 … 8e-3 for this budget
 
 
-FULL = DemoSettings(pretrain_epochs=12, stage_epochs=(4, 2, 14), shots=10)
-QUICK = DemoSettings(pretrain_epochs=3, stage_epochs=(2, 1, 3), shots=6, target_accuracy=0.5)
+FULL = DemoSettings(pretrain_epochs=12, stage_epochs=(1, 1, 1))
+QUICK = DemoSettings(pretrain_epochs=3, stage_epochs=(1, 1, 1))
 
 
 def load_digits() -> tuple[np.ndarray, np.ndarray]:
@@ -134,7 +146,7 @@ def run_demo(out: Path | str = "zoo-demo", *, quick: bool = False, seed: int = 0
         source_data,
         run_dir=out / "runs" / "pretrain",
         pretrained=False,
-        overrides=[f"stages.0.epochs={settings.pretrain_epochs}", f"batch_size={settings.pretrain_batch}"],
+        overrides=[f"stages.0.epochs={settings.pretrain_epochs}", f"batch_size={settings.pretrain_batch}", *settings.pretrain_overrides],
         **common,
     )
     pretrain_seconds = time.perf_counter() - started
@@ -169,7 +181,7 @@ def run_demo(out: Path | str = "zoo-demo", *, quick: bool = False, seed: int = 0
         target_data,
         run_dir=out / "runs" / "scratch",
         pretrained=False,
-        overrides=[f"stages.0.epochs={sum(settings.stage_epochs)}", f"batch_size={settings.transfer_batch}"],
+        overrides=[f"stages.0.epochs={sum(settings.stage_epochs)}", f"batch_size={settings.transfer_batch}", *settings.scratch_overrides],
         **common,
     )
     scratch_seconds = time.perf_counter() - started

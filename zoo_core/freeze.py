@@ -11,6 +11,7 @@ keys and ``isinstance`` checks are unchanged.
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -22,6 +23,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from .errors import RunError
 from .groups import LayerGroups, layer_groups
 from .specs import BnMode, Recipe, Stage
+
+log = logging.getLogger(__name__)
 
 # --- BatchNorm pinned in eval mode ---------------------------------------------------------------
 
@@ -170,6 +173,9 @@ def unfreeze(model: nn.Module, *, partition: LayerGroups | None = None) -> Freez
 def trainable_at_start(stage: Stage, groups: LayerGroups, where: str = "stage") -> list[str]:
     """Groups a stage trains in its first epoch (validates every group it names)."""
     if stage.train is not None:
+        for selector in stage.train:
+            if not groups.select([selector], what=f"{where}.train"):  # a role this model lacks, e.g. "neck"
+                log.info("%s.train names '%s', which this model does not have; it is skipped", where, selector)
         return [group.name for group in groups.select(stage.train, what=f"{where}.train")]
     if stage.freeze is not None:
         frozen = {group.name for group in groups.frozen_by_level(stage.freeze)}

@@ -79,8 +79,15 @@ def build_optimizer(
     kind = Optimizer(kind)
     grouped = param_groups(model, groups, weight_decay=weight_decay)
     if kind is Optimizer.SGD:
-        return torch.optim.SGD(grouped, lr=0.0, momentum=momentum, nesterov=momentum > 0)
-    return torch.optim.AdamW(grouped, lr=0.0)
+        make = lambda **fast: torch.optim.SGD(grouped, lr=0.0, momentum=momentum, nesterov=momentum > 0, **fast)  # noqa: E731
+    else:
+        make = lambda **fast: torch.optim.AdamW(grouped, lr=0.0, **fast)  # noqa: E731
+    try:
+        # one fused kernel per param group: the per-group cost of the default implementation
+        # would otherwise grow with the number of layer groups
+        return make(fused=True)
+    except (RuntimeError, TypeError, ValueError):  # a device or dtype without fused kernels
+        return make()
 
 
 def stage_learning_rates(

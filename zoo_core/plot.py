@@ -40,6 +40,10 @@ def plot_runs(run_dirs: Sequence[Path], output: Path, labels: Sequence[str] | No
             if row["stage"] != previous["stage"]:
                 for axis in axes[0]:
                     axis.axvline(row["epoch"] + 0.5, color=line.get_color(), linestyle=":", alpha=0.5)
+    from matplotlib.ticker import MaxNLocator
+
+    for axis in axes[0]:
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     loss_axis.set_xlabel("epoch")
     loss_axis.set_ylabel("loss")
     loss_axis.legend(fontsize=8)

@@ -405,7 +405,7 @@ class Stage:
     schedule: ScheduleKind = attrs.field(default=ScheduleKind.COSINE, converter=_enum_converter(ScheduleKind, "schedule"))
     augment: Mapping[str, Any] = attrs.field(factory=dict, converter=_freeze_mapping)
     bn: BnMode = attrs.field(default=BnMode.FROZEN, converter=_enum_converter(BnMode, "bn"))
-    ema: float | None = attrs.field(default=None)
+    ema: float | None = attrs.field(default=None, converter=lambda value: None if value in (0, False) else value)
     grad_clip: float | None = attrs.field(default=None, validator=_positive)
     loss_scales: Mapping[str, float] = attrs.field(factory=dict, converter=_freeze_mapping)
     early_stop: EarlyStop | None = None
@@ -421,7 +421,7 @@ class Stage:
     @ema.validator
     def _check_ema(self, attribute: attrs.Attribute, value: float | None) -> None:
         if value is not None and not (isinstance(value, float) and 0 < value < 1):
-            raise SpecValueError("ema", f"is the EMA decay and must be between 0 and 1, got {value!r}")
+            raise SpecValueError("ema", f"is the EMA decay and must be between 0 and 1 (0 turns it off), got {value!r}")
 
     @loss_scales.validator
     def _check_scales(self, attribute: attrs.Attribute, value: Mapping[str, float]) -> None:

@@ -62,6 +62,7 @@ class PlanEntry:
     source: str | None = None
     source_shape: tuple[int, ...] | None = None
     note: str = ""
+    covered: float = 1.0  # share of the tensor that gets source values (class rows remapped by name)
 
     @property
     def numel(self) -> int:
@@ -463,7 +464,13 @@ def _decide(
         if source_shape[:1] == (len(source_classes),) and info.shape[:1] == (len(target_classes),) and source_shape[1:] == info.shape[1:]:
             if list(source_classes) != list(target_classes):
                 shared = len(set(source_classes) & set(target_classes))
-                return PlanEntry(target, Action.REMAP_CLASSES, note=f"{shared} of {len(target_classes)} classes by name", **base)
+                if shared == 0:  # rows of other classes would mislabel: nothing to carry
+                    unused[source_key] = UnusedSource(source_key, Unused.NO_TARGET, source_shape, "no class in common with the target")
+                    return PlanEntry(target, Action.NEW, info.shape, group, role, note=f"no class in common with {source_key}")
+                return PlanEntry(
+                    target, Action.REMAP_CLASSES, note=f"{shared} of {len(target_classes)} classes by name",
+                    covered=shared / len(target_classes), **base,
+                )
     if source_shape == info.shape:
         action = Action.RENAME if renamed or note else Action.COPY
         return PlanEntry(target, action, note=note, **base)
@@ -535,7 +542,7 @@ def _coverage(entries: Sequence[PlanEntry], groups: LayerGroups) -> list[Coverag
         row["total"] += entry.numel
         row["tensors"] += 1
         if entry.action is not Action.NEW:
-            row["covered"] += entry.numel
+            row["covered"] += round(entry.numel * entry.covered)
             row["done"] += 1
     ordered = [name for name in order if name in rows] + [name for name in rows if name not in order]
     return [

@@ -23,7 +23,8 @@ def cmd_demo(args: Any) -> int:
         reached = arm["epochs_to_target"]
         rows.append((arm["arm"], f"{arm['accuracy']:.1%}", f"{arm['best_accuracy']:.1%}", reached if reached else "not reached", arm["epochs"], f"{arm['seconds']:.1f}s"))
     print()
-    print(f"digits 5-9 with {summary['shots_per_class']} labelled images per class ({summary['model']}, same epochs for both arms)")
+    epochs = summary["arms"][0]["epochs"]
+    print(f"digits 5-9 with {summary['shots_per_class']} labelled images per class: {summary['model']}, {epochs} epochs per arm")
     print(table(rows, ("ARM", "VAL ACCURACY", "BEST", f"EPOCHS TO {target:.0%}", "EPOCHS", "WALL TIME")))
     print()
     print(f"pretraining on digits 0-4: {summary['pretrain']['accuracy']:.1%} val accuracy in {summary['pretrain']['seconds']:.1f}s")
