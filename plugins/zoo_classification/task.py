@@ -270,6 +270,13 @@ class ClassificationTask:
     def with_inputs(self, batch: Batch, inputs: Any) -> Batch:
         return Batch(inputs, batch.targets, batch.labels, batch.num_classes)
 
+    def cached_batch(self, dataset: ImageDataset, indices: list[int], inputs: Any) -> Batch:
+        """A batch over cached trunk features: labels come from the item list, no image is loaded."""
+        import torch
+
+        labels = torch.tensor([dataset.items[i][1] for i in indices], dtype=torch.long)
+        return Batch(inputs, labels, labels, dataset.num_classes)
+
     def forward(self, model: Any, batch: Batch) -> Any:
         outputs = model(batch.inputs)
         if isinstance(outputs, Mapping):  # a multi-head ZooModel: the first head is the classifier

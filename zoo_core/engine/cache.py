@@ -130,10 +130,17 @@ class IndexDataset(torch.utils.data.Dataset):
 
 
 def cached_collate(task: Any, dataset: Any, features: torch.Tensor) -> Callable[[list[int]], Any]:
-    """Batches built by the task from the same items, with the trunk output as inputs."""
+    """Batches of the same items with the trunk output as inputs.
+
+    A task with ``cached_batch(dataset, indices, inputs)`` builds them without loading inputs;
+    otherwise the items are loaded, collated, and their inputs replaced.
+    """
+    fast = getattr(task, "cached_batch", None)
 
     def collate(indices: list[int]) -> Any:
-        batch = task.collate([dataset[i] for i in indices])
-        return task.with_inputs(batch, features[torch.as_tensor(indices)])
+        inputs = features[torch.as_tensor(indices)]
+        if callable(fast):
+            return fast(dataset, indices, inputs)
+        return task.with_inputs(task.collate([dataset[i] for i in indices]), inputs)
 
     return collate

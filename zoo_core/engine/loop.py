@@ -97,6 +97,15 @@ class HeadRunner(nn.Module):
         return self._forward(features)
 
 
+def _clear_grads(params: list[torch.Tensor]) -> None:
+    """``optimizer.zero_grad(set_to_none=True)`` for the parameters that can have gradients.
+
+    Frozen parameters never get one, and walking every param group costs milliseconds per step.
+    """
+    for param in params:
+        param.grad = None
+
+
 def rng_states() -> dict[str, Any]:
     kind, keys, position, has_gauss, gauss = np.random.get_state()
     states: dict[str, Any] = {
@@ -380,7 +389,7 @@ class Engine:
                 losses = self.task.loss(outputs, batch, loss_scales=stage.loss_scales, label_smoothing=self.recipe.label_smoothing)
             loss = losses["loss"]
             if not self.nonfinite.check(self._all_finite(float(loss.detach())), where):
-                self.optimizer.zero_grad(set_to_none=True)
+                _clear_grads(trainable)
                 continue
             self.scaler.scale(loss).backward()
             if stage.grad_clip:
@@ -388,7 +397,7 @@ class Engine:
                 torch.nn.utils.clip_grad_norm_(trainable, stage.grad_clip)
             self.scaler.step(self.optimizer)
             self.scaler.update()
-            self.optimizer.zero_grad(set_to_none=True)
+            _clear_grads(trainable)
             if self.ema is not None and stage.ema:
                 self.ema.update(self.model)
             self.position.step += 1

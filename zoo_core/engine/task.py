@@ -5,6 +5,10 @@ collate function, applies batch-level augmentation, calls the model, computes th
 dict of named components plus their weighted total, ``"loss"``) and the metrics. Batches may
 hold targets of any shape (class indices, lists of box dicts …) and images of any size; only
 the task touches them.
+
+Optional: ``cached_batch(dataset, indices, inputs)`` builds a batch of the given items with
+the given (cached trunk) inputs without loading the items' images; the feature cache uses it
+when present.
 """
 
 from __future__ import annotations
