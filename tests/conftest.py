@@ -246,3 +246,23 @@ def environ(**values: str) -> Iterator[None]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+@pytest.fixture(scope="module")
+def workspace(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, name_index: Path) -> Iterator[Path]:
+    """A module-wide ZOO_HOME, caches and working folder, for runs that several tests of a module read."""
+    from zoo_core.registry import reset_default_registry
+
+    root = tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1])
+    shutil.copytree(name_index, root / "zoo-home" / "index")
+    (root / "work").mkdir()
+    with pytest.MonkeyPatch.context() as patch:
+        for key in ENV_KEYS:
+            patch.delenv(key, raising=False)
+        patch.setenv("ZOO_HOME", str(root / "zoo-home"))
+        for key, folder in (("HF_HOME", "hf-home"), ("TORCH_HOME", "torch-home"), ("XDG_CACHE_HOME", "xdg-cache")):
+            patch.setenv(key, str(root / folder))
+        patch.chdir(root / "work")
+        reset_default_registry()
+        yield root
+    reset_default_registry()

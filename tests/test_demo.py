@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -13,22 +12,14 @@ from conftest import CliResult
 
 
 @pytest.fixture(scope="module")
-def quick_demo(tmp_path_factory: pytest.TempPathFactory, name_index: Path) -> tuple[Path, CliResult]:
+def quick_demo(workspace: Path) -> tuple[Path, CliResult]:
     """One `zoo demo --quick` run shared by this module's tests (it trains three models)."""
     from zoo_core.cli import main
-    from zoo_core.registry import reset_default_registry
 
-    root = tmp_path_factory.mktemp("demo")
-    shutil.copytree(name_index, root / "zoo-home" / "index")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("ZOO_HOME", str(root / "zoo-home"))
-        patch.chdir(root)
-        reset_default_registry()
-        out, err = io.StringIO(), io.StringIO()
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = main(["demo", "--quick", "--out", "demo-out"])
-        reset_default_registry()
-    return root / "demo-out", CliResult(code, out.getvalue(), err.getvalue())
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(["demo", "--quick", "--out", "demo-out"])
+    return workspace / "work" / "demo-out", CliResult(code, out.getvalue(), err.getvalue())
 
 
 def test_quick_demo_puts_transfer_ahead_of_scratch(quick_demo) -> None:

@@ -6,14 +6,12 @@ inputs are random or when anything outside the heads trains (or BatchNorm statis
 from __future__ import annotations
 
 import json
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from conftest import ENV_KEYS, write_image_folder
+from conftest import write_image_folder
 
 MODEL = "timm:test_resnet"
 FAST = ("--no-pretrained", "--image-size", "32", "--set", "batch_size=8")
@@ -25,26 +23,6 @@ def read_rows(run_dir: Path) -> list[dict[str, Any]]:
 
 def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return torch.load(run_dir / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)["model_state_dict"]
-
-
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory: pytest.TempPathFactory, name_index: Path) -> Iterator[Path]:
-    """A module-wide ZOO_HOME and working folder for the runs several tests read."""
-    from zoo_core.registry import reset_default_registry
-
-    root = tmp_path_factory.mktemp("cache")
-    shutil.copytree(name_index, root / "zoo-home" / "index")
-    (root / "work").mkdir()
-    with pytest.MonkeyPatch.context() as patch:
-        for key in ENV_KEYS:
-            patch.delenv(key, raising=False)
-        patch.setenv("ZOO_HOME", str(root / "zoo-home"))
-        for key, folder in (("HF_HOME", "hf-home"), ("TORCH_HOME", "torch-home"), ("XDG_CACHE_HOME", "xdg-cache")):
-            patch.setenv(key, str(root / folder))
-        patch.chdir(root / "work")
-        reset_default_registry()
-        yield root
-    reset_default_registry()
 
 
 @pytest.fixture(scope="module")

@@ -9,16 +9,14 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from conftest import ENV_KEYS, write_image_folder
+from conftest import write_image_folder
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
@@ -37,26 +35,6 @@ ARGS = (
     "--set",
     "stages.0.epochs=2",
 )
-
-
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory: pytest.TempPathFactory, name_index: Path) -> Iterator[Path]:
-    """A module-wide ZOO_HOME and working folder for the runs several tests read."""
-    from zoo_core.registry import reset_default_registry
-
-    root = tmp_path_factory.mktemp("ddp")
-    shutil.copytree(name_index, root / "zoo-home" / "index")
-    (root / "work").mkdir()
-    with pytest.MonkeyPatch.context() as patch:
-        for key in ENV_KEYS:
-            patch.delenv(key, raising=False)
-        patch.setenv("ZOO_HOME", str(root / "zoo-home"))
-        for key, folder in (("HF_HOME", "hf-home"), ("TORCH_HOME", "torch-home"), ("XDG_CACHE_HOME", "xdg-cache")):
-            patch.setenv(key, str(root / folder))
-        patch.chdir(root / "work")
-        reset_default_registry()
-        yield root
-    reset_default_registry()
 
 
 def zoo_process(*argv: Any) -> subprocess.CompletedProcess:

@@ -276,6 +276,12 @@ def _lr_build(where: Where, **kwargs: Any) -> LrSpec:
         raise (where if key in ("", "value") else where.key(key)).error(exc.message) from None
 
 
+def _sub_spec(value: Any, spec: Any, allowed: Sequence[str], where: Where) -> Any:
+    table = _table(value, where)
+    _check_keys(table, allowed, where)
+    return _build(where, spec, **table)
+
+
 def stage_from_mapping(value: Any, where: Where) -> Stage:
     data = dict(_table(value, where))
     _check_keys(data, STAGE_KEYS, where)
@@ -290,22 +296,12 @@ def stage_from_mapping(value: Any, where: Where) -> Stage:
         if not isinstance(train, list) or not all(isinstance(item, str) for item in train):
             raise where.key("train").error("must be a list of group names or roles (backbone, neck, head)")
         data["train"] = tuple(train)
-    if "early_stop" in data:
-        early = data["early_stop"]
-        if early is True:
-            data["early_stop"] = EarlyStop()
-        else:
-            early = _table(early, where.key("early_stop"))
-            _check_keys(early, ("monitor", "mode", "patience", "min_delta"), where.key("early_stop"))
-            data["early_stop"] = _build(where.key("early_stop"), EarlyStop, **early)
-    if "drift_guard" in data:
-        guard = data["drift_guard"]
-        if guard is True:
-            data["drift_guard"] = DriftGuard()
-        else:
-            guard = _table(guard, where.key("drift_guard"))
-            _check_keys(guard, ("band", "action", "watch", "components"), where.key("drift_guard"))
-            data["drift_guard"] = _build(where.key("drift_guard"), DriftGuard, **guard)
+    for key, spec, allowed in (
+        ("early_stop", EarlyStop, ("monitor", "mode", "patience", "min_delta")),
+        ("drift_guard", DriftGuard, ("band", "action", "watch", "components")),
+    ):
+        if key in data:  # `true` for the defaults, or a table of settings
+            data[key] = spec() if data[key] is True else _sub_spec(data[key], spec, allowed, where.key(key))
     if "ema" in data and isinstance(data["ema"], Mapping):
         ema = data["ema"]
         _check_keys(ema, ("decay",), where.key("ema"))

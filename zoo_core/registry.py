@@ -183,13 +183,8 @@ class Registry:
         return sorted(self._sources)
 
     def source(self, name: str) -> Source:
-        registration = self._sources.get(name)
-        if registration is None:
-            raise UnknownNameError(
-                f"unknown source '{name}'{did_you_mean(name, self._sources)} "
-                f"(sources: {', '.join(self.source_names()) or 'none'}; run `zoo plugins` to see plugins)"
-            )
-        return registration.value
+        listing = f"sources: {', '.join(self.source_names()) or 'none'}; run `zoo plugins` to see plugins"
+        return _lookup(self._sources, name, "source", listing).value
 
     def source_plugin(self, name: str) -> str:
         return self._sources[name].plugin
@@ -211,36 +206,18 @@ class Registry:
         return family.tiers[tier_name]
 
     def family(self, name: str) -> FamilySpec:
-        if name not in self.families:
-            raise UnknownNameError(
-                f"unknown tier family '{name}'{did_you_mean(name, self.families)} "
-                f"({len(self.families)} registered; run `zoo tiers` to list them)"
-            )
-        return self.families[name]
+        return _lookup(self.families, name, "tier family", f"{len(self.families)} registered; run `zoo tiers` to list them")
 
     def recipe(self, name: str) -> Recipe:
-        if name not in self.recipes:
-            raise UnknownNameError(
-                f"unknown recipe '{name}'{did_you_mean(name, self.recipes)} "
-                f"({len(self.recipes)} registered; run `zoo recipes` to list them)"
-            )
-        return self.recipes[name]
+        return _lookup(self.recipes, name, "recipe", f"{len(self.recipes)} registered; run `zoo recipes` to list them")
 
     def task(self, name: str) -> Any:
-        if name not in self.tasks:
-            raise UnknownNameError(
-                f"unknown task '{name}'{did_you_mean(name, self.tasks)} "
-                f"(tasks: {', '.join(sorted(self.tasks)) or 'none'}; run `zoo plugins` to see plugins)"
-            )
-        return self.tasks[name].value
+        listing = f"tasks: {', '.join(sorted(self.tasks)) or 'none'}; run `zoo plugins` to see plugins"
+        return _lookup(self.tasks, name, "task", listing).value
 
     def factory(self, kind: str, name: str) -> Factory:
         table = self.heads if kind == "head" else self.necks
-        if name not in table:
-            raise UnknownNameError(
-                f"unknown {kind} '{name}'{did_you_mean(name, table)} ({kind}s: {', '.join(sorted(table))})"
-            )
-        return table[name]
+        return _lookup(table, name, kind, f"{kind}s: {', '.join(sorted(table))}")
 
     # -- resolution ------------------------------------------------------------------------------
 
@@ -366,6 +343,13 @@ class Registry:
                     f"{where}: unknown source '{source_name}'{did_you_mean(source_name, self._sources)} "
                     f"(sources: {', '.join(self.source_names())})"
                 )
+
+
+def _lookup(table: Mapping[str, Any], name: str, what: str, listing: str) -> Any:
+    """``table[name]``, or an error that suggests a close name and says how to list them all."""
+    if name not in table:
+        raise UnknownNameError(f"unknown {what} '{name}'{did_you_mean(name, table)} ({listing})")
+    return table[name]
 
 
 def _matches(pattern: str | None, *names: str) -> bool:
