@@ -81,7 +81,13 @@ def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
 
 
 def files(run_dir: Path) -> set[str]:
-    return {str(path.relative_to(run_dir)) for path in run_dir.rglob("*") if path.is_file()}
+    """The run folder's files; TensorBoard event files are named by time and pid, so only their folder counts."""
+    names = set()
+    for path in run_dir.rglob("*"):
+        if path.is_file():
+            relative = path.relative_to(run_dir)
+            names.add("tensorboard/EVENTS" if relative.parts[0] == "tensorboard" else str(relative))
+    return names
 
 
 @pytest.mark.parametrize("cache", ["cached", "uncached"])
@@ -112,6 +118,7 @@ def test_two_process_run_reports_the_metrics_of_one_process(runs, cache):
 def test_only_rank_zero_writes_the_run_folder(runs):
     one, two = runs["cached", 1].run_dir, runs["cached", 2].run_dir
     assert files(two) == files(one)
+    assert len(list((two / "tensorboard").iterdir())) == 1  # one writer: rank 0
     assert json.loads((two / "run.json").read_text())["world_size"] == 2
     assert len((two / "metrics.jsonl").read_text().splitlines()) == 2
 
