@@ -266,3 +266,20 @@ def workspace(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
         reset_default_registry()
         yield root
     reset_default_registry()
+
+
+def assert_one_error(result: CliResult, *fragments: str) -> str:
+    """Exit 2 and exactly one stderr line ``zoo: error: …`` holding every fragment, no traceback."""
+    assert result.code == 2, result
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1, result.err
+    assert lines[0].startswith("zoo: error: "), result.err
+    assert "Traceback" not in result.err
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    return lines[0]
+
+
+def folder_snapshot(*roots: Path) -> dict[str, bytes]:
+    """Every file under ``roots`` with its bytes, to prove a command changed nothing."""
+    return {str(p): p.read_bytes() for root in roots for p in sorted(root.rglob("*")) if p.is_file()}

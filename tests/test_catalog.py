@@ -11,6 +11,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import assert_one_error
+from conftest import folder_snapshot as snapshot
 
 from zoo_core.catalog import load_catalog
 from zoo_core.errors import CatalogError
@@ -28,22 +30,6 @@ def write(path: Path, text: str) -> Path:
 
 def user_catalog() -> Path:
     return Path(os.environ["ZOO_HOME"]) / "registry.toml"
-
-
-def snapshot(*roots: Path) -> dict[str, bytes]:
-    return {str(p): p.read_bytes() for root in roots for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-def assert_one_error(result, *fragments: str) -> str:
-    """Exit 2, exactly one stderr line ``zoo: error: …`` holding every fragment, no traceback."""
-    assert result.code == 2, result
-    lines = result.err.strip().splitlines()
-    assert len(lines) == 1, result.err
-    assert lines[0].startswith("zoo: error: "), result.err
-    assert "Traceback" not in result.err
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-    return lines[0]
 
 
 FAST_RECIPE = """

@@ -8,21 +8,11 @@ import os
 from pathlib import Path
 
 import pytest
+from conftest import assert_one_error
+from conftest import folder_snapshot as snapshot
 
 from zoo_core.catalog import load_catalog
 from zoo_core.sources import INDEX_FORMAT
-
-
-def assert_one_error(result, *fragments: str) -> str:
-    """Exit 2, exactly one stderr line ``zoo: error: …`` holding every fragment, no traceback."""
-    assert result.code == 2, result
-    lines = result.err.strip().splitlines()
-    assert len(lines) == 1, result.err
-    assert lines[0].startswith("zoo: error: "), result.err
-    assert "Traceback" not in result.err
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-    return lines[0]
 
 
 def table_rows(out: str) -> dict[str, list[str]]:
@@ -337,10 +327,6 @@ def test_unknown_tier_is_one_line_listing_the_tiers(zoo) -> None:
 )
 def test_bad_arguments_are_one_line_pointing_at_help(zoo, argv: list[str], fragment: str) -> None:
     assert_one_error(zoo(*argv), fragment, "--help")
-
-
-def snapshot(*roots: Path) -> dict[str, bytes]:
-    return {str(p): p.read_bytes() for root in roots for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 @pytest.mark.parametrize(

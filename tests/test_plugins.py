@@ -20,7 +20,7 @@ from importlib import metadata
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, assert_one_error
 
 import zoo_core
 from zoo_core import hookspecs
@@ -40,18 +40,6 @@ BUILTINS = {
 }
 ACME = ROOT / "tests" / "plugin_package"
 _unique = itertools.count()
-
-
-def assert_one_error(result, *fragments: str) -> str:
-    """Exit 2, exactly one stderr line ``zoo: error: …`` holding every fragment, no traceback."""
-    assert result.code == 2, result
-    lines = result.err.strip().splitlines()
-    assert len(lines) == 1, result.err
-    assert lines[0].startswith("zoo: error: "), result.err
-    assert "Traceback" not in result.err
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-    return lines[0]
 
 
 def records(zoo) -> dict[str, dict]:

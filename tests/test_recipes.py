@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, write_image_folder
+from conftest import assert_one_error as one_error_line
 
 import zoo_core
 from zoo_core.specs import LrSpec, Recipe, Stage
@@ -29,15 +30,6 @@ def write_project_recipe(stages: str, recipe_keys: str = "", name: str = "fast")
 
 def stage_toml(body: str) -> str:
     return f"[[recipes.fast.stages]]\n{body}\n"
-
-
-def one_error_line(result) -> str:
-    """The single ``zoo: error:`` line of a failed command."""
-    assert result.code == 2, result
-    lines = result.err.strip().splitlines()
-    assert len(lines) == 1, result.err
-    assert lines[0].startswith("zoo: error: "), result.err
-    return lines[0]
 
 
 def table_rows(text: str) -> list[list[str]]:

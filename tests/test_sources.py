@@ -16,6 +16,7 @@ import pytest
 import timm
 import torch
 import torchvision
+from conftest import assert_one_error as one_error_line
 
 from zoo_core.checkpoint import read_checkpoint, save_safetensors
 from zoo_core.errors import CheckpointError
@@ -61,13 +62,6 @@ def write_hf_snapshot(repo_id: str, model: torch.nn.Module, revision: str, *, ma
         (repo / "refs").mkdir(exist_ok=True)
         (repo / "refs" / "main").write_text(revision)
     return snapshot
-
-
-def one_error_line(result) -> str:
-    assert result.code == 2, result
-    lines = result.err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("zoo: error: "), result.err
-    return lines[0]
 
 
 @pytest.fixture

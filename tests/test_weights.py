@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import timm
 import torch
+from conftest import assert_one_error as one_error_line
 from safetensors.torch import save as safetensors_bytes
 
 from zoo_core.errors import OfflineError, WeightsError
@@ -79,13 +80,6 @@ def files_under(*roots: Path) -> list[Path]:
 def download_roots() -> tuple[Path, Path]:
     """Where a URL download may land: Zoo's store and torch.hub's checkpoint folder."""
     return zoo_home() / "weights", Path(os.environ["TORCH_HOME"])
-
-
-def one_error_line(result) -> str:
-    assert result.code == 2, result
-    lines = result.err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("zoo: error: "), result.err
-    return lines[0]
 
 
 def declare_alias(url: str, digest: str | None = None, name: str = "mynet") -> None:
