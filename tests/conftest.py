@@ -234,20 +234,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
-@contextlib.contextmanager
-def environ(**values: str) -> Iterator[None]:
-    saved = {key: os.environ.get(key) for key in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
 @pytest.fixture(scope="module")
 def workspace(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, name_index: Path) -> Iterator[Path]:
     """A module-wide ZOO_HOME, caches and working folder, for runs that several tests of a module read."""

@@ -65,12 +65,3 @@ def make_provenance(
         block.update(extra)
     return block
 
-
-def lineage(provenance: Mapping[str, Any]) -> list[str]:
-    """Human-readable chain: this checkpoint's base and parents, newest first."""
-    chain = []
-    if provenance.get("parent"):
-        chain.append(str(provenance["parent"].get("path")))
-    if provenance.get("base_model"):
-        chain.append(str(provenance["base_model"]))
-    return chain
