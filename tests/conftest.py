@@ -19,6 +19,14 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def declared_plugins() -> dict[str, str]:
+    """The ``zoo`` entry points pyproject.toml declares: Zoo's built-in plugins."""
+    import tomllib
+
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["entry-points"]["zoo"]
+
 ENV_KEYS = (
     "ZOO_HOME",
     "ZOO_OFFLINE",

@@ -69,3 +69,29 @@ def test_no_progress_bar_when_not_on_a_terminal(zoo, image_folder: Path) -> None
     result = zoo("finetune", *RUN, "--data", image_folder, "--run-dir", "runs/quiet")
     assert result.code == 0
     assert "it/s" not in result.err and "\r" not in result.err
+
+
+def test_progress_bar_on_a_terminal(image_folder: Path) -> None:
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    controller, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a terminal has a size
+    with open(terminal, "wb", closefd=True) as tty:
+        done = subprocess.run(
+            [sys.executable, "-m", "zoo_core", "finetune", *RUN, "--set", "batch_size=2", "--data", str(image_folder),
+             "--run-dir", "runs/tty"],
+            stdout=subprocess.DEVNULL, stderr=tty, timeout=300,
+        )  # fmt: skip
+    output = b""
+    try:
+        while chunk := os.read(controller, 65536):
+            output += chunk
+    except OSError:  # the terminal closed: everything has been read
+        pass
+    finally:
+        os.close(controller)
+    assert done.returncode == 0, output[-2000:]
+    assert b"it/s" in output or b"s/it" in output  # tqdm's rate, drawn only on a terminal

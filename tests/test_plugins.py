@@ -20,7 +20,7 @@ from importlib import metadata
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, assert_one_error
+from conftest import ROOT, assert_one_error, declared_plugins
 
 import zoo_core
 from zoo_core import hookspecs
@@ -29,15 +29,7 @@ from zoo_core.plugins import PluginHost, PluginStatus, load_plugins
 from zoo_core.sources import IndexEntry
 from zoo_core.specs import LrSpec, Recipe, ResolvedModel, Stage
 
-BUILTINS = {
-    "core": "zoo_core.builtin",
-    "timm": "zoo_timm",
-    "torchvision": "zoo_torchvision",
-    "hf-hub": "zoo_hf",
-    "file": "zoo_file",
-    "classification": "zoo_classification",
-    "maxsight": "zoo_maxsight",
-}
+BUILTINS = declared_plugins()
 ACME = ROOT / "tests" / "plugin_package"
 _unique = itertools.count()
 

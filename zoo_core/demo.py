@@ -138,18 +138,20 @@ def run_demo(out: Path | str = "zoo-demo", *, quick: bool = False, seed: int = 0
     source_data, target_data = write_datasets(out / "data", settings, seed)
     common = {"image_size": settings.image_size, "seed": seed, "val_fraction": 0.2}
 
+    def timed(*args: Any, **kwargs: Any) -> tuple[Any, float]:
+        started = time.perf_counter()
+        result = finetune(*args, **common, **kwargs)
+        return result, time.perf_counter() - started
+
     log.info("1/3 pretraining %s on digits 0-4", MODEL)
-    started = time.perf_counter()
-    pretrain = finetune(
+    pretrain, pretrain_seconds = timed(
         "from-scratch",
         MODEL,
         source_data,
         run_dir=out / "runs" / "pretrain",
         pretrained=False,
         overrides=[f"stages.0.epochs={settings.pretrain_epochs}", f"batch_size={settings.pretrain_batch}", *settings.pretrain_overrides],
-        **common,
     )
-    pretrain_seconds = time.perf_counter() - started
     catalog = out / "zoo.toml"
     atomic_write_text(
         catalog,
@@ -157,34 +159,27 @@ def run_demo(out: Path | str = "zoo-demo", *, quick: bool = False, seed: int = 0
         f'[aliases]\n{ALIAS} = {{ target = "file:{pretrain.best_checkpoint.resolve()}", '
         'description = "resnet10t pretrained on digits 0-4 by zoo demo" }\n',
     )
-    registry = Registry.load([catalog])
 
     stage_overrides = [f"stages.{i}.epochs={epochs}" for i, epochs in enumerate(settings.stage_epochs)]
     log.info("2/3 transferring %s to digits 5-9 (%d images per class)", ALIAS, settings.shots)
-    started = time.perf_counter()
-    transfer = finetune(
+    transfer, transfer_seconds = timed(
         "lightweight-3stage",
         ALIAS,
         target_data,
         run_dir=out / "runs" / "transfer",
-        registry=registry,
+        registry=Registry.load([catalog]),
         overrides=[*stage_overrides, f"batch_size={settings.transfer_batch}", *settings.transfer_overrides],
-        **common,
     )
-    transfer_seconds = time.perf_counter() - started
 
     log.info("3/3 training %s from scratch on the same images", MODEL)
-    started = time.perf_counter()
-    scratch = finetune(
+    scratch, scratch_seconds = timed(
         "from-scratch",
         MODEL,
         target_data,
         run_dir=out / "runs" / "scratch",
         pretrained=False,
         overrides=[f"stages.0.epochs={sum(settings.stage_epochs)}", f"batch_size={settings.transfer_batch}", *settings.scratch_overrides],
-        **common,
     )
-    scratch_seconds = time.perf_counter() - started
 
     summary = {
         "model": MODEL,
@@ -199,7 +194,6 @@ def run_demo(out: Path | str = "zoo-demo", *, quick: bool = False, seed: int = 0
             _arm("scratch", scratch, scratch_seconds, settings.target_accuracy),
         ],
     }
-    atomic_write_json(out / "demo.json", summary)
     try:
         from .plot import plot_runs
 
