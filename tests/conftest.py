@@ -37,6 +37,9 @@ ENV_KEYS = (
     "HF_HUB_OFFLINE",
     "TORCH_HOME",
     "XDG_CACHE_HOME",
+    "HF_ENDPOINT",
+    "ZOO_CONNECT_TIMEOUT",
+    "ZOO_DOWNLOAD_TIMEOUT",
 )
 
 
@@ -272,6 +275,20 @@ def assert_one_error(result: CliResult, *fragments: str) -> str:
     for fragment in fragments:
         assert fragment in lines[0], (fragment, lines[0])
     return lines[0]
+
+
+def nested_tensors(value: object, prefix: str = "") -> Iterator[tuple[str, object]]:
+    """Every tensor in a (checkpoint) structure, by its path: ``/model_state_dict/fc.weight``."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        yield prefix, value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from nested_tensors(item, f"{prefix}/{key}")
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            yield from nested_tensors(item, f"{prefix}/{index}")
 
 
 def folder_snapshot(*roots: Path) -> dict[str, bytes]:

@@ -320,7 +320,7 @@ def test_unknown_tier_is_one_line_listing_the_tiers(zoo) -> None:
         (["list", "--bogus"], "unrecognized arguments: --bogus"),
         (["info"], "the following arguments are required: name"),
         (["frobnicate"], "invalid choice: 'frobnicate'"),
-        (["info", "resnet10t", "--num-classes", "three"], "invalid int value: 'three'"),
+        (["info", "resnet10t", "--num-classes", "three"], "argument --num-classes: expected a whole number, got 'three'"),
         (["list", "a*", "b*"], "unrecognized arguments: b*"),
     ],
     ids=["unknown-option", "missing-argument", "unknown-command", "bad-int", "extra-argument"],

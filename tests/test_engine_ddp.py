@@ -1,12 +1,16 @@
 """``zoo finetune --nproc 2``: real torchrun, gloo on the CPU.
 
 A head-only recipe over a frozen trunk (frozen BatchNorm) in two processes matches one process
-at the same global batch within floating-point tolerance, and only rank 0 writes and logs.
+at the same global batch within floating-point tolerance, and only rank 0 writes and logs. A
+run that fails says so once, in Zoo's words and with Zoo's exit status, not torchrun's.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import logging
 import os
 import re
 import subprocess
@@ -37,13 +41,13 @@ ARGS = (
 )
 
 
-def zoo_process(*argv: Any) -> subprocess.CompletedProcess:
+def zoo_process(*argv: Any, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "zoo_core", *map(str, argv)],
         capture_output=True,
         text=True,
         timeout=600,
-        env=dict(os.environ),
+        env={**os.environ, **env},
         check=False,
     )
 
@@ -141,3 +145,64 @@ def test_batch_that_does_not_split_over_the_processes_is_refused(workspace, data
         "use a multiple of 2 (--set batch_size=...)"
     ]
     assert not (workspace / "odd").exists()
+
+
+def assert_one_process_error(result: subprocess.CompletedProcess, *fragments: str) -> list[str]:
+    """``assert_one_error`` for a ``--nproc`` run: rank 0's log lines may come first; the error is the last line."""
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2, result.stderr
+    assert [line for line in lines if line.startswith("zoo: error: ")] == lines[-1:], result.stderr
+    assert all(line.startswith("zoo: ") for line in lines), result.stderr  # no torchrun or worker noise
+    assert "Traceback" not in result.stderr and "ChildFailedError" not in result.stderr
+    for fragment in fragments:
+        assert fragment in lines[-1], (fragment, lines[-1])
+    return lines
+
+
+# overrides after ARGS, and what the error says
+DIVERGING = {
+    # the loss is all-reduced, so every rank skips the same steps and the guard stops them together
+    "guard": (("batch_size=4", "stages.0.lr=1e6"), "stage 0 epoch 2: 3 non-finite losses in a row; stopped"),
+    # only rank 0 saves, and it refuses NaN weights; rank 1 loses its peer at the barrier after the save
+    "checkpoint": (("stages.0.lr=1e30",), "(weights after epoch 1): NaN or infinite values in fc.weight"),
+}
+
+
+@pytest.mark.parametrize("case", DIVERGING)
+def test_diverging_run_reports_one_error_with_status_2(workspace, data, case):
+    overrides, message = DIVERGING[case]
+    sets = [arg for value in overrides for arg in ("--set", value)]
+    run_dir = workspace / f"diverging-{case}"
+    result = zoo_process("finetune", *ARGS, *sets, "--data", data, "--run-dir", run_dir, "--nproc", 2)
+    lines = assert_one_process_error(result, message)
+    warnings = [line for line in lines if line.startswith("zoo: WARNING: ")]
+    assert warnings and all("non-finite loss" in line for line in warnings), result.stderr
+    assert len(set(warnings)) == len(warnings), result.stderr  # rank 0's, once each; not once per rank
+
+
+def test_worker_killed_by_a_signal_is_named_in_one_error_line(workspace, data, tmp_path):
+    crash = 'import os, signal\nif os.environ.get("RANK") == "1":\n    os.kill(os.getpid(), signal.SIGKILL)\n'
+    (tmp_path / "sitecustomize.py").write_text(crash)  # every worker imports it; the launcher has no RANK
+    env = {"PYTHONPATH": str(tmp_path), "TMPDIR": str(tmp_path)}  # the workers' logs land in TMPDIR
+    result = zoo_process("finetune", *ARGS, "--data", data, "--run-dir", workspace / "killed", "--nproc", 2, **env)
+    assert result.returncode == 128 + 9, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    named = re.fullmatch(r"zoo: error: rank 1 was killed by SIGKILL; its stderr is in (\S+/1/stderr\.log)", lines[0])
+    assert named, lines
+    assert Path(named[1]).is_file() and Path(named[1]).is_relative_to(tmp_path)
+
+
+def test_ranks_other_than_zero_log_only_errors(monkeypatch):
+    from zoo_core.cli import _configure_logging
+
+    monkeypatch.setenv("RANK", "1")
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        _configure_logging(verbose=True, debug=False)
+    log = logging.getLogger("zoo_core.engine.rank_test")
+    log.setLevel(logging.INFO)  # as `zoo finetune` does for the engine's loggers
+    log.info("progress")
+    log.warning("a warning")
+    log.error("an error")
+    assert err.getvalue() == "zoo: ERROR: an error\n"

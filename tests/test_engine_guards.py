@@ -184,7 +184,7 @@ def test_nonfinite_weights_are_never_saved(zoo, faulty, data):
     result = probe(zoo, data)
     assert result.code == 2
     (line,) = error_lines(result.err)
-    assert "(last checkpoint): NaN or infinite values in fc." in line
+    assert "run (weights after epoch 2): NaN or infinite values in fc." in line
     assert "use an earlier checkpoint of that run" in line
     last = checkpoint("last.pt")
     assert last["epoch"] == 1  # the first epoch's checkpoint was kept, not replaced

@@ -17,13 +17,12 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from conftest import write_image_folder
+from conftest import nested_tensors, write_image_folder
 
 import zoo_core
 
@@ -81,21 +80,9 @@ def interrupted_at(data: Path, run_dir: Path, epoch: int) -> Path:
     return run_dir
 
 
-def tensors(value: Any, prefix: str = "") -> Iterator[tuple[str, torch.Tensor]]:
-    """Every tensor in a checkpoint, by its path."""
-    if isinstance(value, torch.Tensor):
-        yield prefix, value
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            yield from tensors(item, f"{prefix}/{key}")
-    elif isinstance(value, (list, tuple)):
-        for index, item in enumerate(value):
-            yield from tensors(item, f"{prefix}/{index}")
-
-
 def assert_same_final_state(run_dir: Path, reference: Path) -> None:
-    ours = dict(tensors(torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)))
-    theirs = dict(tensors(torch.load(reference / "checkpoints" / "last.pt", weights_only=True)))
+    ours = dict(nested_tensors(torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)))
+    theirs = dict(nested_tensors(torch.load(reference / "checkpoints" / "last.pt", weights_only=True)))
     assert ours.keys() == theirs.keys()
     different = [key for key in theirs if not torch.equal(ours[key], theirs[key])]
     assert not different, different[:10]

@@ -698,16 +698,10 @@ def run_light(argv: list[str]) -> subprocess.CompletedProcess:
     )
 
 
-def test_listing_plugins_imports_no_torch_and_no_plugin_submodules() -> None:
-    script = LIGHT_CHECK.format(argv=["plugins"]) + textwrap.dedent(
-        """
-        plugin_modules = sorted(m for m in sys.modules if m.split(".")[0] in {plugins!r} and "." in m)
-        assert not plugin_modules, plugin_modules
-        """
-    ).format(
-        plugins=sorted({"zoo_timm", "zoo_torchvision", "zoo_hf", "zoo_file", "zoo_classification", "zoo_maxsight"})
-    )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False)
+def test_listing_plugins_imports_no_torch_although_it_runs_every_registration_hook() -> None:
+    # `zoo plugins` calls the registration hooks (to report one that raises); hook modules and what
+    # they import to register stay light, as the hookspecs require
+    result = run_light(["plugins"])
     assert result.returncode == 0, result.stderr
     assert "timm" in result.stdout and "loaded" in result.stdout
 

@@ -383,7 +383,7 @@ def test_tampered_download_pinned_only_by_the_lock_is_refused(served, zoo) -> No
         create_model("mynet", pretrained=True)
 
 
-def test_hash_cache_records_digest_size_and_mtime(served, zoo) -> None:
+def test_hash_cache_records_digest_and_the_files_identity(served, zoo) -> None:
     url, blob, _ = served
     declare_alias(url, sha256(blob))
     assert zoo("pull", "mynet").code == 0
@@ -393,30 +393,78 @@ def test_hash_cache_records_digest_size_and_mtime(served, zoo) -> None:
 
     cache = json.loads((zoo_home() / "hashes.json").read_text())
     stat = stored.stat()
-    assert cache[str(stored.resolve())] == {"sha256": sha256(blob), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    assert cache[str(stored.resolve())] == {
+        "sha256": sha256(blob),
+        "size": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+        "ctime_ns": stat.st_ctime_ns,
+        "inode": stat.st_ino,
+        "device": stat.st_dev,
+    }
 
 
-def test_hash_cache_skips_rehashing_until_size_or_mtime_changes(served, zoo) -> None:
+def rewrite_keeping_size_and_mtime(path: Path, data: bytes) -> None:
+    """An in-place edit that hides itself: same size, the old mtime put back with os.utime."""
+    stat = path.stat()
+    assert len(data) == stat.st_size
+    path.chmod(0o644)
+    with open(path, "r+b") as handle:  # same inode: only the ctime tells
+        handle.write(data)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+def test_an_edit_that_restores_size_and_mtime_is_still_refused(served, zoo) -> None:
     url, blob, _ = served
     declare_alias(url, sha256(blob))
     assert zoo("pull", "mynet").code == 0
     stored = zoo_home() / "weights" / "sha256" / sha256(blob) / "w.safetensors"
-    create_model("mynet", pretrained=True)
-    stat = stored.stat()
+    create_model("mynet", pretrained=True)  # the digest is now cached
     data = bytearray(blob)
-    data[-1] ^= 0xFF
-    stored.chmod(0o644)
-    stored.write_bytes(bytes(data))
-    os.utime(stored, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # same size, same mtime: the cache is trusted
+    data[len(data) // 2] ^= 0x01
 
-    create_model("mynet", pretrained=True)  # no re-hash, so no mismatch is seen
-    os.utime(stored, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    rewrite_keeping_size_and_mtime(stored, bytes(data))
 
-    with pytest.raises(WeightsError, match="zoo.lock pins"):
+    with pytest.raises(WeightsError, match="pins"):
         create_model("mynet", pretrained=True)
-    cache = json.loads((zoo_home() / "hashes.json").read_text())[str(stored.resolve())]
-    assert cache["sha256"] == sha256(bytes(data))
-    assert cache["mtime_ns"] == stat.st_mtime_ns + 1_000_000_000
+    assert json.loads((zoo_home() / "hashes.json").read_text())[str(stored.resolve())]["sha256"] == sha256(bytes(data))
+
+
+def test_an_unchanged_file_is_not_hashed_again(served, zoo, monkeypatch: pytest.MonkeyPatch) -> None:
+    url, blob, _ = served
+    declare_alias(url, sha256(blob))
+    assert zoo("pull", "mynet").code == 0
+    create_model("mynet", pretrained=True)
+    import zoo_core.weights
+
+    hashed: list[Path] = []
+    monkeypatch.setattr(zoo_core.weights, "sha256_file", lambda path: hashed.append(path) or sha256(blob))
+
+    create_model("mynet", pretrained=True)
+
+    assert hashed == []
+
+
+def test_verify_rehashes_every_pinned_file_and_reports_a_tampered_one(served, zoo) -> None:
+    url, blob, _ = served
+    declare_alias(url, sha256(blob))
+    assert zoo("pull", "mynet").code == 0
+    ok = zoo("verify")
+    assert ok.code == 0, ok
+    assert "mynet" in ok.out and "ok" in ok.out
+    stored = zoo_home() / "weights" / "sha256" / sha256(blob) / "w.safetensors"
+    data = bytearray(blob)
+    data[len(data) // 2] ^= 0x01
+    rewrite_keeping_size_and_mtime(stored, bytes(data))
+
+    for argv in (("verify",), ("verify", "mynet")):
+        result = zoo(*argv)
+        line = one_error_line(result, "1 of 1 files failed verification", "mynet", "mismatch")
+        assert "zoo pull mynet" in line
+        assert "mismatch" in result.out
+
+
+def test_verify_of_an_empty_lock_says_how_to_pin(zoo) -> None:
+    one_error_line(zoo("verify"), "pins nothing yet", "zoo pull NAME")
 
 
 def test_pulling_an_aliases_target_keeps_the_alias_pin(served, zoo, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -15,7 +15,6 @@ import math
 import pickle
 import pickletools
 import re
-import zipfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ import torch
 
 from .errors import CheckpointError
 from .fileio import atomic_save_with, atomic_write_bytes, sha256_file
+from .integrity import FileKind, check_checkpoint_file
 from .paths import display
 
 log = logging.getLogger(__name__)
@@ -114,8 +114,9 @@ def torch_load(path: Path | str, *, mmap: bool = False) -> Any:
     where = display(path)
     if not path.is_file():
         raise CheckpointError(f"{where}: no such checkpoint file")
+    kind = check_checkpoint_file(path)  # foreign or corrupt bytes never reach the unpickler
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and kind is FileKind.TORCH_ZIP)
     except pickle.UnpicklingError as exc:
         names = _unsafe_globals(path, str(exc))
         if names:
@@ -124,10 +125,12 @@ def torch_load(path: Path | str, *, mmap: bool = False) -> Any:
                 "on the weights-only allowlist and could run code; re-save it from trusted code as a plain state "
                 "dict or as safetensors"
             ) from None
-        raise CheckpointError(f"{where}: not a readable checkpoint (corrupt or not a torch file): {_first_line(exc)}") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
-        if mmap and "mmap" in str(exc):  # legacy (non-zip) files cannot be memory-mapped
-            return torch_load(path, mmap=False)
+        # torch's own text here advises weights_only=False, which is exactly what Zoo never does
+        raise CheckpointError(
+            f"{where}: its pickle cannot be read with weights_only=True (corrupt, or written by other code); "
+            "re-save it from trusted code as a plain state dict or as safetensors"
+        ) from None
+    except Exception as exc:  # hostile or damaged pickles raise any type (KeyError, struct.error …)
         raise CheckpointError(
             f"{where}: truncated or corrupt checkpoint ({_first_line(exc)}); restore it or save it again"
         ) from None

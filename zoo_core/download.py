@@ -2,7 +2,9 @@
 
 Bytes stream into a temporary file next to the destination while being hashed; the file is
 renamed into place only when it is complete (``Content-Length`` honoured) and its sha256
-matches the pin. ``http(s)://`` and ``file://`` URLs are supported through urllib.
+matches the pin. ``http(s)://`` and ``file://`` URLs are supported through urllib; an
+``http(s)`` host must be reachable first (see `network`), and each wait for data is bounded by
+``ZOO_DOWNLOAD_TIMEOUT``.
 """
 
 from __future__ import annotations
@@ -15,22 +17,27 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from . import network
 from .errors import WeightsError
 from .fileio import CHUNK, fsync_dir
 
 log = logging.getLogger(__name__)
 
-TIMEOUT_S = 60
 
-
-def download(url: str, destination: Path, *, sha256: str | None = None, sha256_prefix: str | None = None) -> str:
+def download(
+    url: str, destination: Path, *, sha256: str | None = None, sha256_prefix: str | None = None, name: str | None = None
+) -> str:
     """Fetch ``url`` into ``destination`` and return the file's sha256.
 
     :param sha256: the full digest the file must have.
     :param sha256_prefix: a published digest prefix (torch.hub's ``name-<prefix>.pth`` convention).
+    :param name: the model the file belongs to, for the fixes an unreachable host suggests.
     :raises WeightsError: on network errors, truncated transfers or digest mismatches; nothing is
         left at ``destination`` in those cases.
+    :raises UnreachableError: when the host does not accept a connection (see `network`).
     """
+    timeout = network.download_timeout()
+    network.require_reachable(url, name=name)
     destination.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".partial", dir=destination.parent)
     tmp = Path(tmp_name)
@@ -39,7 +46,7 @@ def download(url: str, destination: Path, *, sha256: str | None = None, sha256_p
     try:
         with os.fdopen(fd, "wb") as handle:
             try:
-                with urllib.request.urlopen(url, timeout=TIMEOUT_S) as response:
+                with urllib.request.urlopen(url, timeout=timeout) as response:
                     expected_length = response.headers.get("Content-Length")
                     log.info("downloading %s -> %s", url, destination)
                     while chunk := response.read(CHUNK):
@@ -48,6 +55,8 @@ def download(url: str, destination: Path, *, sha256: str | None = None, sha256_p
                         received += len(chunk)
             except (urllib.error.URLError, OSError, ValueError) as exc:
                 reason = getattr(exc, "reason", None) or exc
+                if isinstance(reason, TimeoutError):
+                    reason = f"no data for {timeout:g}s (ZOO_DOWNLOAD_TIMEOUT sets how long to wait)"
                 raise WeightsError(f"download of {url} failed after {received} bytes: {reason}; check the URL and retry") from None
             if expected_length is not None and received != int(expected_length):
                 raise WeightsError(

@@ -34,6 +34,10 @@ class OfflineError(WeightsError):
     """Weights are not cached and the environment forbids downloading them."""
 
 
+class UnreachableError(WeightsError):
+    """Weights must be downloaded, but their host does not accept connections (no network, a firewall)."""
+
+
 class CheckpointError(ZooError):
     """A checkpoint file is unsafe, corrupt, truncated or lacks required content."""
 

@@ -59,6 +59,18 @@ class PluginRecord:
 
 
 @attrs.frozen
+class HookFailure:
+    """A plugin's hook that raised; the plugin's other hooks keep working."""
+
+    plugin: str
+    hook: str
+    error: str
+
+    def __str__(self) -> str:
+        return f"plugin '{self.plugin}' failed in {self.hook}: {self.error}"
+
+
+@attrs.frozen
 class Registration:
     """One object a plugin registered through a ``register`` callback."""
 
@@ -86,6 +98,7 @@ class PluginHost:
     def __init__(self, manager: pluggy.PluginManager | None = None) -> None:
         self.manager = manager or new_plugin_manager()
         self.records: list[PluginRecord] = []
+        self.failures: list[HookFailure] = []
 
     @property
     def hook(self) -> Any:
@@ -178,22 +191,46 @@ class PluginHost:
         found: dict[str, Registration] = {}
         caller = getattr(self.manager.hook, hook_name)
         for impl in reversed(caller.get_hookimpls()):
+            mine: dict[str, Registration] = {}
 
-            def register(*args: Any, _plugin: str = impl.plugin_name, **kwargs: Any) -> None:
+            def register(*args: Any, _plugin: str = impl.plugin_name, _mine: dict = mine, **kwargs: Any) -> None:
                 try:
                     name, value = accept(*args, **kwargs)
                 except (TypeError, ValueError, ZooError) as exc:
                     raise PluginError(f"plugin '{_plugin}' registered an invalid {kind}: {exc}") from None
-                if name in found:
-                    other = found[name].plugin
+                if name in found or name in _mine:
+                    other = (found.get(name) or _mine[name]).plugin
                     raise PluginError(
                         f"{kind} '{name}' is registered by both plugin '{other}' and plugin '{_plugin}'; "
                         f"uninstall one, or block one with {DISABLE_ENV}={_plugin}"
                     )
-                found[name] = Registration(kind, name, value, _plugin)
+                _mine[name] = Registration(kind, name, value, _plugin)
 
-            impl.function(**{arg: register for arg in impl.argnames})
+            try:
+                impl.function(**{arg: register for arg in impl.argnames})
+            except ZooError:
+                raise
+            except Exception as exc:  # a broken plugin must not take the others down: drop what it registered
+                self._record_failure(impl.plugin_name, hook_name, exc)
+                continue
+            found.update(mine)
         return found
+
+    def _record_failure(self, plugin: str, hook_name: str, exc: Exception) -> None:
+        failure = HookFailure(plugin, hook_name, f"{type(exc).__name__}: {exc}")
+        log.warning("%s; what it registers there is skipped (see `zoo plugins`)", failure, extra={"zoo_deferred": True})
+        self.failures.append(failure)
+        self.records = [
+            attrs.evolve(record, status=PluginStatus.FAILED, error=str(failure).removeprefix(f"plugin '{plugin}' "))
+            if record.name == plugin
+            else record
+            for record in self.records
+        ]
+
+    def failure_note(self, *hook_names: str) -> str:
+        """``"; plugin 'x' failed in zoo_register_tiers: …"`` for failures of these hooks, else ``""``."""
+        failed = [str(failure) for failure in self.failures if failure.hook in hook_names]
+        return f"; {'; '.join(failed)} (see `zoo plugins`)" if failed else ""
 
     def loaded(self) -> list[PluginRecord]:
         return [record for record in self.records if record.status is PluginStatus.LOADED]

@@ -184,7 +184,7 @@ class Registry:
 
     def source(self, name: str) -> Source:
         listing = f"sources: {', '.join(self.source_names()) or 'none'}; run `zoo plugins` to see plugins"
-        return _lookup(self._sources, name, "source", listing).value
+        return _lookup(self._sources, name, "source", listing + self._failed("zoo_register_sources")).value
 
     def source_plugin(self, name: str) -> str:
         return self._sources[name].plugin
@@ -206,18 +206,29 @@ class Registry:
         return family.tiers[tier_name]
 
     def family(self, name: str) -> FamilySpec:
-        return _lookup(self.families, name, "tier family", f"{len(self.families)} registered; run `zoo tiers` to list them")
+        listing = f"{len(self.families)} registered; run `zoo tiers` to list them" + self._failed("zoo_register_tiers")
+        return _lookup(self.families, name, "tier family", listing)
 
     def recipe(self, name: str) -> Recipe:
-        return _lookup(self.recipes, name, "recipe", f"{len(self.recipes)} registered; run `zoo recipes` to list them")
+        listing = f"{len(self.recipes)} registered; run `zoo recipes` to list them" + self._failed("zoo_register_recipes")
+        return _lookup(self.recipes, name, "recipe", listing)
 
     def task(self, name: str) -> Any:
         listing = f"tasks: {', '.join(sorted(self.tasks)) or 'none'}; run `zoo plugins` to see plugins"
-        return _lookup(self.tasks, name, "task", listing).value
+        return _lookup(self.tasks, name, "task", listing + self._failed("zoo_register_tasks")).value
 
     def factory(self, kind: str, name: str) -> Factory:
         table = self.heads if kind == "head" else self.necks
-        return _lookup(table, name, kind, f"{kind}s: {', '.join(sorted(table))}")
+        listing = f"{kind}s: {', '.join(sorted(table))}" + self._failed(f"zoo_register_{kind}s")
+        return _lookup(table, name, kind, listing)
+
+    def _failed(self, *hooks: str) -> str:
+        return self.plugins.failure_note(*hooks)
+
+    def collect_all(self) -> None:
+        """Call every registration hook now, so that ``zoo plugins`` can report the ones that fail."""
+        for table in ("_sources", "families", "recipes", "heads", "necks", "tasks"):
+            getattr(self, table)
 
     # -- resolution ------------------------------------------------------------------------------
 
@@ -287,7 +298,7 @@ class Registry:
         hint = did_you_mean(ref_name.split(".", 1)[0], names) or did_you_mean(ref_name, names)
         return UnknownNameError(
             f"unknown model '{text}'{hint} ({len(names)} names are registered; run `zoo list` to see them, "
-            "or `zoo list 'PATTERN*'` to search)"
+            f"or `zoo list 'PATTERN*'` to search{self._failed('zoo_register_sources', 'zoo_register_tiers')})"
         )
 
     def all_names(self) -> list[str]:

@@ -607,12 +607,21 @@ def _target_model(
     return build_skeleton(spec, registry=registry, num_classes=num_classes), spec.name, spec, classes
 
 
+def source_model(source: TensorSource) -> str | None:
+    """The registry name of the architecture the source tensors belong to, when known."""
+    if source.spec is not None:
+        return source.spec.name
+    return source.provenance.get("model") or None
+
+
 def collect_rules(registry: Any, source: TensorSource, target_spec: ResolvedModel | None, extra: TransferRules | None) -> TransferRules:
     rules = TransferRules()
     if target_spec is not None:
         for contributed in registry.plugins.hook.zoo_transfer_rules(source=source.spec, target=target_spec):
             rules = rules.merged(contributed)
-        if target_spec.tier is not None:
+        # a family's rules say what moves from one tier to another; weights carried back into
+        # their own tier keep every tensor
+        if target_spec.tier is not None and source_model(source) != target_spec.name:
             rules = rules.merged(registry.family(target_spec.tier.family).rules)
     return rules.merged(extra)
 

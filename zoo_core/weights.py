@@ -16,8 +16,10 @@ names the command that fixes it.
 
 from __future__ import annotations
 
+import enum
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -34,28 +36,43 @@ from .specs import LocationKind, ResolvedModel, WeightsFile
 log = logging.getLogger(__name__)
 
 
-# --- digests, cached by size and mtime -------------------------------------------------------------
+# --- digests, cached by file identity ----------------------------------------------------------
 
 
 def _hash_cache_path() -> Path:
     return paths.zoo_home() / "hashes.json"
 
 
-def file_sha256(path: Path) -> str:
-    """sha256 of ``path``, recomputed only when its size or modification time changed."""
+def _cache_key(stat: os.stat_result) -> dict[str, int]:
+    # ctime and inode as well as size and mtime: os.utime can restore an edited file's mtime,
+    # but any write sets its ctime, and replacing it gives a new inode
+    return {
+        "size": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+        "ctime_ns": stat.st_ctime_ns,
+        "inode": stat.st_ino,
+        "device": stat.st_dev,
+    }
+
+
+def file_sha256(path: Path, *, cached: bool = True) -> str:
+    """sha256 of ``path``; re-hashed whenever its size, mtime, ctime, inode or device changed.
+
+    :param cached: ``False`` re-reads the file whatever the cache says (``zoo verify``).
+    """
     path = Path(path)
     real = str(path.resolve())
-    stat = path.stat()
+    key = _cache_key(path.stat())
     cache_file = _hash_cache_path()
     try:
         cache = json.loads(cache_file.read_text())
     except (OSError, ValueError):
         cache = {}
     entry = cache.get(real)
-    if entry and entry.get("size") == stat.st_size and entry.get("mtime_ns") == stat.st_mtime_ns:
+    if cached and isinstance(entry, dict) and all(entry.get(name) == value for name, value in key.items()):
         return entry["sha256"]
     digest = sha256_file(path)
-    cache[real] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest}
+    cache[real] = {**key, "sha256": digest}
     try:
         atomic_write_json(cache_file, cache)
     except OSError as exc:  # a read-only ZOO_HOME costs speed, not correctness
@@ -120,8 +137,8 @@ def _candidates(spec: WeightsFile, pinned: LockedFile | None, revision: str | No
     return found
 
 
-def _verify(name: str, spec: WeightsFile, path: Path, pinned: LockedFile | None) -> LocatedFile:
-    digest = file_sha256(path)
+def _verify(name: str, spec: WeightsFile, path: Path, pinned: LockedFile | None, *, cached: bool = True) -> LocatedFile:
+    digest = file_sha256(path, cached=cached)
     expected = pinned.sha256 if pinned is not None else spec.sha256
     if expected is not None and digest != expected:
         where = "zoo.lock" if pinned is not None else "the catalog"
@@ -139,10 +156,12 @@ def _verify(name: str, spec: WeightsFile, path: Path, pinned: LockedFile | None)
     return LocatedFile(spec, path, digest, expected is not None)
 
 
-def _locate_file(name: str, spec: WeightsFile, pinned: LockedFile | None, revision: str | None) -> LocatedFile | None:
+def _locate_file(
+    name: str, spec: WeightsFile, pinned: LockedFile | None, revision: str | None, *, cached: bool = True
+) -> LocatedFile | None:
     for candidate in _candidates(spec, pinned, revision):
         if candidate.is_file():
-            return _verify(name, spec, candidate, pinned)
+            return _verify(name, spec, candidate, pinned, cached=cached)
     return None
 
 
@@ -152,7 +171,9 @@ def _download_file(name: str, spec: WeightsFile, pinned: LockedFile | None, revi
     if spec.kind is LocationKind.URL and spec.url:
         expected = pinned.sha256 if pinned is not None else spec.sha256
         destination = store_path(expected, spec.filename) if expected else _default_location(spec)
-        digest = download(spec.url, destination, sha256=expected, sha256_prefix=None if expected else spec.sha256_prefix)
+        digest = download(
+            spec.url, destination, sha256=expected, sha256_prefix=None if expected else spec.sha256_prefix, name=name
+        )
         return LocatedFile(spec, destination, digest, expected is not None)
     raise WeightsError(f"{name}: weights file {spec.path or spec.filename} is missing and has no URL to fetch it from")
 
@@ -161,15 +182,21 @@ def _download_hf(name: str, spec: WeightsFile, pinned: LockedFile | None, revisi
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
+    from . import network
+
+    endpoint = network.hf_endpoint()
+    network.require_reachable(endpoint, name=name, what=f"{spec.repo_id}/{spec.filename}")
     try:
-        found = Path(
-            hf_hub_download(
-                spec.repo_id,
-                spec.filename,
-                revision=revision or spec.revision,
-                cache_dir=str(paths.hf_hub_cache()),
+        with network.hf_retries_at_debug():
+            found = Path(
+                hf_hub_download(
+                    spec.repo_id,
+                    spec.filename,
+                    revision=revision or spec.revision,
+                    cache_dir=str(paths.hf_hub_cache()),
+                    endpoint=endpoint,
+                )
             )
-        )
     except (HfHubHTTPError, LocalEntryNotFoundError, OSError, ValueError) as exc:
         raise WeightsError(f"{name}: cannot download {spec.repo_id}/{spec.filename}: {str(exc).splitlines()[0]}") from None
     try:
@@ -226,15 +253,63 @@ def model_files(resolved: ResolvedModel, lock: LockFile | None = None) -> list[t
     return [(spec, entry.file(spec.filename) if entry else None) for spec in specs]
 
 
-def locate(resolved: ResolvedModel, lock: LockFile | None = None) -> list[LocatedFile] | None:
-    """The model's verified files if all are on disk, else ``None``. Never downloads."""
+def locate(resolved: ResolvedModel, lock: LockFile | None = None, *, cached: bool = True) -> list[LocatedFile] | None:
+    """The model's verified files if all are on disk, else ``None``. Never downloads.
+
+    :param cached: ``False`` re-hashes every file instead of trusting the digest cache.
+    """
     found = []
     for spec, pinned in model_files(resolved, lock):
-        located = _locate_file(resolved.name, spec, pinned, resolved.revision)
+        located = _locate_file(resolved.name, spec, pinned, resolved.revision, cached=cached)
         if located is None:
             return None
         found.append(located)
     return found
+
+
+class VerifyStatus(enum.Enum):
+    OK = "ok"
+    MISMATCH = "mismatch"
+    MISSING = "missing"
+    UNPINNED = "not pinned"
+
+
+@attrs.frozen
+class FileCheck:
+    """One file's outcome in ``zoo verify``."""
+
+    name: str
+    filename: str
+    status: VerifyStatus
+    path: Path | None = None
+    detail: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "filename": self.filename,
+            "status": self.status.value,
+            "path": str(self.path) if self.path else None,
+            "detail": self.detail,
+        }
+
+
+def verify(resolved: ResolvedModel, lock: LockFile | None = None) -> list[FileCheck]:
+    """Re-hash every file of a model against its pins, ignoring the digest cache."""
+    checks = []
+    for spec, pinned in model_files(resolved, lock):
+        try:
+            located = _locate_file(resolved.name, spec, pinned, resolved.revision, cached=False)
+        except WeightsError as exc:
+            checks.append(FileCheck(resolved.name, spec.filename, VerifyStatus.MISMATCH, detail=str(exc)))
+            continue
+        if located is None:
+            checks.append(FileCheck(resolved.name, spec.filename, VerifyStatus.MISSING, detail=f"run `zoo pull {resolved.name}`"))
+        elif not located.pinned:
+            checks.append(FileCheck(resolved.name, spec.filename, VerifyStatus.UNPINNED, located.path, "pin it with `zoo pull`"))
+        else:
+            checks.append(FileCheck(resolved.name, spec.filename, VerifyStatus.OK, located.path, located.sha256))
+    return checks
 
 
 def fetch(resolved: ResolvedModel, lock: LockFile | None = None) -> list[LocatedFile]:

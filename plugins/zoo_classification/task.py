@@ -64,6 +64,15 @@ def _read_split(root: Path, class_names: Sequence[str] | None = None) -> tuple[l
     return names, items
 
 
+def _warn_missing(folder: Path, class_names: Sequence[str], present: set[int]) -> None:
+    missing = [name for index, name in enumerate(class_names) if index not in present]
+    if missing:
+        log.warning(
+            "%s: no images of class %s, which train/ has; its accuracy cannot be measured (add %s/%s/…)",
+            folder, ", ".join(repr(name) for name in missing), folder, missing[0],
+        )
+
+
 def _seeded_split(items: list[tuple[Path, int]], fraction: float, seed: int) -> tuple[list, list]:
     by_class: dict[int, list] = {}
     for item in items:
@@ -168,6 +177,7 @@ class ClassificationTask:
             class_names, train = _read_split(train_dir)
             if val_dir.is_dir():
                 _, val = _read_split(val_dir, class_names)
+                _warn_missing(val_dir, class_names, {label for _, label in val})
                 split = "train/ and val/ folders"
             else:
                 train, val = _seeded_split(train, val_fraction, seed)

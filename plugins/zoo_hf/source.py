@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from zoo_core import paths
+from zoo_core import network, paths
 from zoo_core.errors import OfflineError, UnknownNameError, WeightsError
 from zoo_core.names import ModelRef
 from zoo_core.specs import LocationKind, ResolvedModel, WeightsFile
@@ -95,8 +95,11 @@ def _fetch(repo_id: str, filename: str, revision: str, name: str) -> Path:
             f"{name}: {filename} (revision {revision}) is not in the hub cache {cache_dir} and offline mode "
             f"(ZOO_OFFLINE / HF_HUB_OFFLINE) forbids downloading; run `zoo pull {name}` on a connected machine"
         )
+    endpoint = network.hf_endpoint()
+    network.require_reachable(endpoint, name=name, what=f"{repo_id}/{filename}")
     try:
-        return Path(hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache_dir))
+        with network.hf_retries_at_debug():
+            return Path(hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache_dir, endpoint=endpoint))
     except (HfHubHTTPError, LocalEntryNotFoundError, OSError, ValueError) as exc:
         raise WeightsError(f"{name}: cannot fetch {filename}: {str(exc).splitlines()[0]}") from None
 

@@ -16,6 +16,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 
+from ..engine.task import MIN_IMAGE_SIZE
 from ..errors import ZooError
 
 log = logging.getLogger("zoo_core.cli")
@@ -28,6 +29,25 @@ class UsageError(ZooError):
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, no usage dump
         raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+def _whole_number(minimum: int, what: str = ""):
+    """An argparse type: an integer of at least ``minimum`` (argparse names the option)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}{what}, got {value}")
+        return value
+
+    return parse
+
+
+IMAGE_SIZE = _whole_number(MIN_IMAGE_SIZE, " pixels")  # below it, a stride-32 backbone sees one pixel
+COUNT = _whole_number(1)
 
 
 def _handler(module: str, function: str) -> str:
@@ -56,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("name")
     sub.add_argument("--groups", action="store_true", help="show the layer groups")
     sub.add_argument("--fine", action="store_true", help="fine-grained groups (one per block)")
-    sub.add_argument("--num-classes", type=int, help="build with this many classes")
+    sub.add_argument("--num-classes", type=COUNT, help="build with this many classes")
     sub.add_argument("--json", action="store_true")
 
     sub = command("pull", "download weights into the caches and pin them in the lock file", _handler("registry_cmds", "cmd_pull"))
@@ -66,6 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command("import", "register a local weights file for NAME (air-gapped machines)", _handler("registry_cmds", "cmd_import"))
     sub.add_argument("name")
     sub.add_argument("file")
+    sub.add_argument("--json", action="store_true")
+
+    sub = command("verify", "re-hash pinned weight files against zoo.lock (all, or the NAMEs given)", _handler("registry_cmds", "cmd_verify"))
+    sub.add_argument("names", nargs="*", metavar="NAME")
     sub.add_argument("--json", action="store_true")
 
     sub = command("plugins", "list plugins: loaded, blocked or failed", _handler("registry_cmds", "cmd_plugins"))
@@ -82,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command("transfer", "plan (and apply) carrying weights from SOURCE into TARGET", _handler("transfer_cmds", "cmd_transfer"))
     sub.add_argument("source", help="checkpoint path or registry name (its pretrained weights)")
     sub.add_argument("--to", required=True, dest="target", metavar="TARGET", help="registry name of the target model")
-    sub.add_argument("--num-classes", type=int)
+    sub.add_argument("--num-classes", type=COUNT)
     sub.add_argument("--classes", help="comma-separated class names of the target (class-aware head rows)")
     sub.add_argument("--rules", action="append", default=[], metavar="NAME", help="apply the transfer rules of a tier family")
     sub.add_argument("--include", action="append", default=[], metavar="REGEX")
@@ -93,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--require", action="append", default=[], metavar="GROUP=FRAC", help="coverage policy, e.g. backbone=1.0")
     sub.add_argument("--strict", action="store_true", help="every target tensor must be carried")
     sub.add_argument("--plan", action="store_true", help="only show the plan; write nothing")
-    sub.add_argument("--min-epochs", type=int, default=50, help="warn when a training checkpoint has fewer epochs")
+    sub.add_argument("--min-epochs", type=_whole_number(0), default=50, help="warn when a training checkpoint has fewer epochs")
     sub.add_argument("--verbose-plan", action="store_true", help="list plain copies too")
     sub.add_argument("--json", action="store_true")
     sub.add_argument("-o", "--output", metavar="OUT", help="save the target with the carried weights (.pt or .safetensors)")
@@ -107,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("name")
     sub.add_argument("--layers", nargs="*", help="layer names or indices (default: every stage)")
     sub.add_argument("--pool", choices=("none", "avg", "max"), default="none")
-    sub.add_argument("--size", type=int, default=224, help="input resolution")
+    sub.add_argument("--size", type=IMAGE_SIZE, default=224, help="input resolution")
     sub.add_argument("--json", action="store_true")
 
     sub = command("finetune", "run a recipe on a data folder", _handler("train_cmds", "cmd_finetune"))
@@ -117,12 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--task", help="task plugin (default: the recipe's, else classification)")
     sub.add_argument("--run-dir", help="run folder (default: runs/<recipe>-<model>)")
     sub.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
-    sub.add_argument("--nproc", type=int, default=1, help="processes (DDP through torchrun)")
+    sub.add_argument("--nproc", type=COUNT, default=1, help="processes (DDP through torchrun)")
     sub.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe value, e.g. stages.0.epochs=1")
     sub.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=True, help="start from pretrained weights")
-    sub.add_argument("--image-size", type=int, help="input resolution (default: the model's)")
+    sub.add_argument("--image-size", type=IMAGE_SIZE, help="input resolution (default: the model's)")
     sub.add_argument("--val-fraction", type=float, default=0.2)
-    sub.add_argument("--workers", type=int, default=0, help="data-loading processes")
+    sub.add_argument("--workers", type=_whole_number(0), default=0, help="data-loading processes")
     sub.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
     sub.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND", help="torch.compile the model")
     sub.add_argument("--no-cache", action="store_true", help="never cache backbone features")
@@ -151,10 +175,36 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _configure_logging(verbose: bool, debug: bool) -> None:
     level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
-    logging.basicConfig(level=level, format="zoo: %(levelname)s: %(message)s", stream=sys.stderr, force=True)
+    handler = logging.StreamHandler(sys.stderr)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 logs for the run; the others only errors
+        handler.setLevel(logging.ERROR)  # on the handler: commands may lower their loggers' levels
+    logging.basicConfig(level=level, format="zoo: %(levelname)s: %(message)s", handlers=[handler], force=True)
     if not debug:  # third-party libraries speak up only when asked
         for noisy in ("timm", "huggingface_hub", "urllib3", "PIL", "matplotlib"):
             logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+
+
+class _DeferredWarnings(logging.Filter):
+    """Holds warnings marked ``zoo_deferred`` (a plugin hook that failed) until the command ends.
+
+    They are printed after a command that succeeded; a command that fails says it in its one
+    error line, which names the failed plugin whenever the failure is the cause.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: list[logging.LogRecord] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "zoo_deferred", False):
+            self.held.append(record)
+            return False
+        return True
+
+    def release(self) -> None:
+        for record in self.held:
+            print(f"zoo: warning: {record.getMessage()}", file=sys.stderr)
+        self.held.clear()
 
 
 def _resolve_handler(spec: str):
@@ -170,13 +220,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
         args._argv = list(argv) if argv is not None else sys.argv[1:]  # for re-launching under torchrun
         _configure_logging(args.verbose, args.debug)
+        deferred = _DeferredWarnings()
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(deferred)
         if not getattr(args, "handler", None):
             parser.print_help()
             return 0
-        return int(_resolve_handler(args.handler)(args) or 0)
-    except ZooError as exc:
-        if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 speaks for all
-            return 2
+        code = int(_resolve_handler(args.handler)(args) or 0)
+        if code == 0:
+            deferred.release()
+        return code
+    except ZooError as exc:  # under Zoo's launcher, ranks other than 0 write to their own stderr file
         if debug:
             traceback.print_exc()
         print(f"zoo: error: {exc}", file=sys.stderr)

@@ -16,6 +16,21 @@ def registry_for(args: Any) -> Registry:
     return Registry.load(extra) if extra else default_registry()
 
 
+def parse_classes(text: str | None, option: str = "--classes") -> list[str] | None:
+    """``a,b,c`` as class names; empty or repeated names are refused."""
+    from ..errors import ZooError
+
+    if text is None:
+        return None
+    names = [name.strip() for name in text.split(",")]
+    if any(not name for name in names):
+        raise ZooError(f"{option} {text!r}: a class name is empty; write names separated by single commas")
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ZooError(f"{option} {text!r}: names {', '.join(map(repr, repeated))} more than once; give each class once")
+    return names
+
+
 def print_json(data: Any) -> None:
     json.dump(data, sys.stdout, indent=2, default=str)
     sys.stdout.write("\n")

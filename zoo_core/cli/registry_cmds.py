@@ -121,10 +121,39 @@ def cmd_import(args: Any) -> int:
     return 0
 
 
+def cmd_verify(args: Any) -> int:
+    from ..errors import WeightsError
+    from ..lockfile import LockFile
+    from ..weights import VerifyStatus, verify
+
+    registry = registry_for(args)
+    lock = LockFile.read()
+    names = args.names or sorted(lock.entries)
+    if not names:
+        raise WeightsError(f"{lock.path}: pins nothing yet; `zoo pull NAME` or `zoo import NAME FILE` pins a model")
+    checks = [check for name in names for check in verify(registry.resolve(name), lock)]
+    failed = [check for check in checks if check.status is not VerifyStatus.OK]
+    if args.json:
+        print_json({"lock": str(lock.path), "files": [check.to_dict() for check in checks]})
+    else:
+        rows = [(c.name, c.filename, c.status.value, c.detail[:16] + "…" if c.status is VerifyStatus.OK else c.detail) for c in checks]
+        print(table(rows, ("NAME", "FILE", "STATUS", "SHA256 / WHAT TO DO")))
+    if failed:
+        first = failed[0]
+        raise WeightsError(
+            f"{len(failed)} of {len(checks)} files failed verification; first: {first.name} {first.filename}: "
+            f"{first.status.value} ({first.detail})"
+        )
+    return 0
+
+
 def cmd_plugins(args: Any) -> int:
+    from ..catalog import load_catalog
     from ..plugins import load_plugins
+    from ..registry import Registry
 
     host = load_plugins(strict=False)
+    Registry(host, load_catalog(args.registry)).collect_all()  # a registration hook that raises is reported
     records = sorted(host.records, key=lambda record: record.name)
     if args.json:
         print_json([record.to_dict() for record in records])

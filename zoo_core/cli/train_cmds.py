@@ -40,7 +40,13 @@ def cmd_finetune(args: Any) -> int:
             overrides=args.set, pretrained=args.pretrained, val_fraction=args.val_fraction, seed=args.seed,
             registry=registry_for(args), world_size=args.nproc, check_model=True,
         )
-        return distributed.launch(_argv_without_nproc(args._argv), args.nproc)
+        try:
+            return distributed.launch(_argv_without_nproc(args._argv), args.nproc)
+        except distributed.WorkerFailed as exc:  # not a ZooError: keep the worker's status, not 2
+            import sys
+
+            print(f"zoo: error: {exc}", file=sys.stderr)
+            return exc.status
     if not args.json:
         logging.getLogger("zoo_core.engine").setLevel(min(logging.getLogger().level, logging.INFO))
     from ..engine.api import finetune

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ZooError
-from .common import print_json, registry_for
+from .common import parse_classes, print_json, registry_for
 
 
 def parse_require(items: list[str]) -> dict[str, float]:
@@ -57,7 +57,7 @@ def cmd_transfer(args: Any) -> int:
     registry = registry_for(args)
     rules = rules_from_args(args, registry)
     require = parse_require(args.require)
-    classes = [name.strip() for name in args.classes.split(",")] if args.classes else None
+    classes = parse_classes(args.classes)
     num_classes = args.num_classes or (len(classes) if classes else None)
     if classes and num_classes != len(classes):
         raise ZooError(f"--classes names {len(classes)} classes but --num-classes is {num_classes}")

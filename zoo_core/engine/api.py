@@ -8,6 +8,7 @@ Every input error surfaces before the first training step.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 from collections.abc import Mapping, Sequence
@@ -261,7 +262,10 @@ def finetune(
     from . import distributed
     from .device import configure, pick_device
     from .loop import Engine, RunInfo
+    from .task import MIN_IMAGE_SIZE
 
+    if image_size is not None and (isinstance(image_size, bool) or image_size < MIN_IMAGE_SIZE):
+        raise RecipeError(f"image_size must be at least {MIN_IMAGE_SIZE} pixels, got {image_size!r}")
     registry = registry or default_registry()
     chosen = pick_device(device)
     dist_info = distributed.init(chosen)
@@ -285,42 +289,47 @@ def finetune(
     provenance["input"] = {key: list(value) if isinstance(value, tuple) else value for key, value in input_config.items()}
 
     created = not folder.path.exists()
-    if dist_info.is_main:
-        folder.start(plan.record, spec.to_dict(), resume=resume)
-        folder.write_json("provenance.json", provenance)
-        if provenance.get("transfer"):
-            folder.write_json("transfer.json", provenance["transfer"])
-        folder.write_json("groups.json", groups.to_rows())
-    distributed.barrier(dist_info)
-    info = RunInfo(folder.path, spec, model, plan.task_name, dist_info.rank, dist_info.world_size)
-    engine = Engine(
-        model=start,
-        groups=groups,
-        recipe=spec,
-        task=plan.task,
-        data=plan.data,
-        input_config=input_config,
-        device=device_cfg,
-        dist=dist_info,
-        folder=folder,
-        info=info,
-        hook=registry.plugins.hook,
-        schedule=schedule,
-        seed=plan.seed,
-        provenance=provenance,
-        workers=workers,
-        compile_backend=compile_backend,
-        use_cache=use_cache,
-    )
-    try:
-        state = folder.resume_checkpoint()[0] if resume else None
-        return engine.run(state)
-    except BaseException:
-        if dist_info.is_main and not resume:
-            folder.discard_if_unstarted(created)
-        raise
-    finally:
-        distributed.shutdown(dist_info)
+    # rank 0 holds the run folder for the whole run: a second process on it is refused at once
+    with folder.locked() if dist_info.is_main else contextlib.nullcontext():
+        try:
+            if dist_info.is_main:
+                folder.start(plan.record, spec.to_dict(), resume=resume)  # checked again, under the lock
+                folder.write_json("provenance.json", provenance)
+                if provenance.get("transfer"):
+                    folder.write_json("transfer.json", provenance["transfer"])
+                folder.write_json("groups.json", groups.to_rows())
+            distributed.barrier(dist_info)
+            info = RunInfo(folder.path, spec, model, plan.task_name, dist_info.rank, dist_info.world_size)
+            engine = Engine(
+                model=start,
+                groups=groups,
+                recipe=spec,
+                task=plan.task,
+                data=plan.data,
+                input_config=input_config,
+                device=device_cfg,
+                dist=dist_info,
+                folder=folder,
+                info=info,
+                hook=registry.plugins.hook,
+                schedule=schedule,
+                seed=plan.seed,
+                provenance=provenance,
+                workers=workers,
+                compile_backend=compile_backend,
+                use_cache=use_cache,
+            )
+            found = folder.resume_checkpoint() if resume else None
+            if resume and found is None and dist_info.is_main:
+                log.info("%s: no epoch finished before the run stopped; starting from the first epoch", folder.path)
+                folder.trim_metrics(0)
+            return engine.run(found[0] if found is not None else None)
+        except BaseException:
+            if dist_info.is_main and not resume:
+                folder.discard_if_unstarted(created)
+            raise
+        finally:
+            distributed.shutdown(dist_info)
 
 
 def model_from_checkpoint(path: str | Path, *, registry: Registry | None = None) -> tuple[Any, Any]:

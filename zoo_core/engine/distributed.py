@@ -1,21 +1,31 @@
 """DDP through torchrun: process-group setup, rank-0 helpers and the launcher.
 
-``zoo finetune --nproc N`` re-runs itself under ``torch.distributed.run`` (torchrun); each
-worker sees ``WORLD_SIZE``/``RANK``/``LOCAL_RANK`` and joins a process group (NCCL on GPUs,
-gloo on CPU). Only rank 0 evaluates, logs and saves; the others wait at barriers.
+``zoo finetune --nproc N`` re-runs itself in N workers under torchrun's elastic agent, started
+in this process; each worker sees ``WORLD_SIZE``/``RANK``/``LOCAL_RANK`` and joins a process
+group (NCCL on GPUs, gloo on CPU). Only rank 0 evaluates, logs and saves; the others wait at
+barriers, and their console output goes to files.
 """
 
 from __future__ import annotations
 
+import logging
 import os
-import subprocess
+import shutil
+import signal
 import sys
+import tempfile
+import uuid
 from collections.abc import Sequence
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import torch
 import torch.distributed as dist
+
+if TYPE_CHECKING:
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig
 
 
 @attrs.frozen
@@ -64,18 +74,117 @@ def shutdown(info: DistInfo) -> None:
         dist.destroy_process_group()
 
 
+@attrs.frozen
+class WorkerFailed(Exception):
+    """A worker ended other than by a ZooError that rank 0 reported: a crash, a signal, a bug."""
+
+    message: str
+    status: int  # what ``zoo`` should exit with
+    stderr: str | None = None  # the file holding that worker's stderr, when it did not go to the console
+
+    def __str__(self) -> str:
+        return f"{self.message}; its stderr is in {self.stderr}" if self.stderr else self.message
+
+
+def _standalone_config(nproc: int, log_dir: str) -> LaunchConfig:
+    """One node, ``nproc`` workers, a c10d rendezvous on a free loopback port: ``torchrun --standalone``."""
+    from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, Std
+    from torch.distributed.launcher.api import LaunchConfig
+
+    return LaunchConfig(
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=nproc,
+        run_id=str(uuid.uuid4()),
+        rdzv_backend="c10d",
+        rdzv_endpoint="127.0.0.1:0",
+        local_addr="127.0.0.1",
+        max_restarts=0,  # LaunchConfig's default is 3: a failed run would start over
+        # rank 0 speaks for the run; the others' output goes to files, named when one of them is the cause
+        logs_specs=DefaultLogsSpecs(log_dir=log_dir, redirects={rank: Std.ALL for rank in range(1, nproc)}),
+    )
+
+
+def _stderr_file(log_dir: str, local_rank: int) -> str | None:
+    """Where ``DefaultLogsSpecs`` put a redirected worker's stderr: ``<log_dir>/<run>/attempt_<n>/<local_rank>/``."""
+    found = sorted(Path(log_dir).glob(f"*/attempt_*/{local_rank}/stderr.log"))
+    return str(found[-1]) if found else None
+
+
+def _error_line(stderr: str | None) -> str | None:
+    """The last ``zoo: error:`` line a redirected worker wrote, without its prefix."""
+    if stderr is None:
+        return None
+    try:
+        lines = Path(stderr).read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    found = [line.removeprefix("zoo: error: ") for line in lines if line.startswith("zoo: error: ")]
+    return found[-1] if found else None
+
+
+def _worker_failed(error: ChildFailedError, log_dir: str) -> WorkerFailed | None:
+    """What to report for a failed worker group; ``None`` when rank 0 stopped on a ZooError and said why."""
+    if 0 in error.failures and error.failures[0].exitcode == 2:
+        return None
+    # another rank may stop on a ZooError first (the agent then stops rank 0 before it can say why):
+    # its line is in its redirected stderr
+    for rank, failure in sorted(error.failures.items()):
+        line = _error_line(_stderr_file(log_dir, failure.local_rank)) if failure.exitcode == 2 else None
+        if line is not None:
+            return WorkerFailed(f"rank {rank}: {line}", 2)
+    rank, failure = error.get_first_failure()
+    stderr = _stderr_file(log_dir, failure.local_rank)  # None for local rank 0: it writes to the console
+    if failure.exitcode < 0:
+        return WorkerFailed(f"rank {rank} was killed by {failure.signal_name()}", 128 - failure.exitcode, stderr)
+    return WorkerFailed(f"rank {rank} exited with status {failure.exitcode}", failure.exitcode, stderr)
+
+
+def _quiet_agent_logs() -> None:
+    """Keep the agent's own lines ("Sending process … closing signal", "failed (exitcode: …)") off stderr.
+
+    The outcome is reported once, by rank 0 or by the caller. They go up to ERROR, and torch's
+    module loggers set their own levels, so the package loggers stop propagating instead.
+    ``zoo --debug`` keeps them.
+    """
+    if logging.getLogger().isEnabledFor(logging.DEBUG):
+        return
+    for name in ("torch.distributed.elastic", "torch.distributed.launcher"):
+        quiet = logging.getLogger(name)
+        quiet.propagate = False
+        if not quiet.handlers:  # without one, logging's last-resort handler would print them
+            quiet.addHandler(logging.NullHandler())
+
+
 def launch(argv: Sequence[str], nproc: int) -> int:
-    """Run ``zoo <argv>`` in ``nproc`` processes under torchrun; return its exit status."""
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={nproc}",
-        "-m",
-        "zoo_core",
-        *argv,
-    ]
-    env = dict(os.environ)
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    return subprocess.run(command, env=env, check=False).returncode
+    """Run ``zoo <argv>`` in ``nproc`` worker processes; return 0, or 2 when rank 0 reported a ZooError.
+
+    The elastic agent runs in this process rather than in a ``torchrun`` child so that a failed
+    worker maps to Zoo's exit status instead of torchrun's ``ChildFailedError`` traceback.
+
+    :raises WorkerFailed: when a worker crashed, was killed or exited with another status.
+    """
+    from torch.distributed.elastic.multiprocessing import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import elastic_launch
+
+    _quiet_agent_logs()
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))  # workers inherit it
+    log_dir = tempfile.mkdtemp(prefix="zoo-ddp-")
+    keep_logs = False
+    try:
+        elastic_launch(_standalone_config(nproc, log_dir), entrypoint=sys.executable)("-m", "zoo_core", *argv)
+        return 0
+    except ChildFailedError as exc:
+        failed = _worker_failed(exc, log_dir)
+        if failed is None:
+            return 2
+        keep_logs = failed.stderr is not None
+        raise failed from None
+    except SignalException as exc:  # the agent has passed the signal on to the workers
+        if exc.sigval == signal.SIGINT:
+            return 130  # rank 0 has printed "zoo: interrupted"
+        raise WorkerFailed(f"stopped by {exc.sigval.name}", 128 + exc.sigval) from None
+    finally:
+        if not keep_logs:
+            shutil.rmtree(log_dir, ignore_errors=True)

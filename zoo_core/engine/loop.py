@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..checkpoint import check_finite
 from ..freeze import apply_freeze
 from ..groups import LayerGroups
 from ..optim import apply_learning_rates, build_optimizer, current_rates, stage_learning_rates
@@ -247,7 +248,7 @@ class Engine:
                 epoch=self.position.epoch + 1,
                 step=self.position.step,
             )
-            self._save_epoch(row, improved)
+            self._save_epoch(row, improved, finished_stage=stage_index if (last_epoch or drift_stop) else None)
             self.hook.zoo_on_epoch_end(run=self.info, epoch=row["epoch"], metrics=row)
             if drift_stop:
                 stopped = f"drift guard in stage {stage_index}"
@@ -256,11 +257,6 @@ class Engine:
                 stopped = f"early stopping in stage {stage_index} after {epoch_in_stage + 1} epochs"
                 log.info("stage %d (%s): %s", stage_index, stage.name, stopped)
                 break
-        if self.dist.is_main:
-            name = f"stage-{stage_index}-{stage.name or 'stage'}"
-            path = self.folder.save("stage", self._checkpoint(self.history[-1] if self.history else {}), name)
-            self.hook.zoo_on_checkpoint_saved(run=self.info, path=str(path), kind="stage")
-        distributed.barrier(self.dist)
         self.hook.zoo_on_stage_end(run=self.info, stage_index=stage_index, stage=stage, metrics=row)
         return stopped
 
@@ -499,17 +495,31 @@ class Engine:
             )
         return content
 
-    def _save_epoch(self, row: Mapping[str, Any], improved: bool) -> None:
+    def _save_epoch(self, row: Mapping[str, Any], improved: bool, *, finished_stage: int | None) -> None:
+        """Write the epoch's metrics and checkpoints: the stage's and ``best.pt`` first, ``last.pt`` last.
+
+        ``last.pt`` is what ``--resume`` continues from. Written last, a kill between any two
+        writes resumes from the previous epoch, replays this one and writes every file again, so
+        no ``best.pt`` or stage checkpoint is ever lost.
+        """
+        # non-finite weights are never saved: checked once, before any of this epoch's files, and on
+        # every rank (their weights are the same) so that all stop together
+        check_finite(self.model.state_dict(), f"{self.folder.path} (weights after epoch {row['epoch'] + 1})")
         if self.dist.is_main:
             self.folder.append_metrics(row)
             if self._tensorboard is not None:
                 self._tensorboard.write(row, row["epoch"])
-            path = self.folder.save("last", self._checkpoint(row))
-            self.hook.zoo_on_checkpoint_saved(run=self.info, path=str(path), kind="last")
+            content = self._checkpoint(row)
+            if finished_stage is not None:
+                name = f"stage-{finished_stage}-{self.recipe.stages[finished_stage].name or 'stage'}"
+                path = self.folder.save("stage", content, name)
+                self.hook.zoo_on_checkpoint_saved(run=self.info, path=str(path), kind="stage")
             if improved:
                 stage = self.recipe.stages[row["stage"]]
                 best = self.folder.save("best", self._checkpoint(row, self._eval_model(stage), full=False))
                 self.hook.zoo_on_checkpoint_saved(run=self.info, path=str(best), kind="best")
+            path = self.folder.save("last", content)
+            self.hook.zoo_on_checkpoint_saved(run=self.info, path=str(path), kind="last")
         distributed.barrier(self.dist)
 
     def _restore(self, state: Mapping[str, Any]) -> None:

@@ -14,6 +14,7 @@ good checkpoint exists at every instant; resuming falls back through them and sa
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -22,7 +23,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..checkpoint import check_finite, save_checkpoint, torch_load
+from .. import locking
+from ..checkpoint import save_checkpoint, torch_load
 from ..errors import CheckpointError, RunError
 from ..fileio import atomic_write_json, fsync_dir, remove_stale_temporaries
 
@@ -60,8 +62,16 @@ class RunFolder:
 
     # -- starting and resuming -------------------------------------------------------------------
 
+    def locked(self) -> contextlib.AbstractContextManager[None]:
+        """Hold the folder for a run; a second process gets a :class:`RunError` naming the holder."""
+        return locking.exclusive(self.path, purpose="run folder")
+
     def check(self, record: Mapping[str, Any], *, resume: bool) -> None:
         """Check ``--resume`` against what is on disk, or refuse to overwrite an existing run. Writes nothing."""
+        locking.ensure_free(self.path, purpose="run folder")
+        self._check_record(record, resume=resume)
+
+    def _check_record(self, record: Mapping[str, Any], *, resume: bool) -> None:
         existing = self.read_record()
         if resume:
             if existing is None:
@@ -77,8 +87,8 @@ class RunFolder:
             )
 
     def start(self, record: Mapping[str, Any], recipe: Mapping[str, Any], *, resume: bool) -> None:
-        """Check (see :meth:`check`), then write the run record of a new run."""
-        self.check(record, resume=resume)
+        """Check the record again (the caller holds :meth:`locked`), then write the run record of a new run."""
+        self._check_record(record, resume=resume)
         if resume:
             return
         self.path.mkdir(parents=True, exist_ok=True)
@@ -98,8 +108,11 @@ class RunFolder:
     def write_json(self, name: str, data: Any) -> None:
         atomic_write_json(self.path / name, data)
 
-    def resume_checkpoint(self) -> tuple[dict[str, Any], Path]:
-        """The newest loadable checkpoint, falling back past corrupt ones (and saying so)."""
+    def resume_checkpoint(self) -> tuple[dict[str, Any], Path] | None:
+        """The newest loadable checkpoint, falling back past corrupt ones (and saying so).
+
+        ``None`` when the run never finished an epoch (killed in its first): it starts over.
+        """
         candidates = [self.last(), self.checkpoints / "last.prev.pt"]
         candidates += sorted(self.checkpoints.glob("stage-*.pt"), key=lambda p: p.stat().st_mtime, reverse=True)
         problems = []
@@ -116,13 +129,12 @@ class RunFolder:
             return content, path
         if problems:
             raise RunError(f"{self.path}: no loadable checkpoint to resume from ({'; '.join(problems)})")
-        raise RunError(f"{self.path}: no checkpoint to resume from yet; start again without --resume")
+        return None
 
     # -- saving ------------------------------------------------------------------------------------
 
     def save(self, kind: str, content: Mapping[str, Any], name: str | None = None) -> Path:
-        """Save ``last``, ``best`` or a ``stage`` checkpoint; non-finite weights are never saved."""
-        check_finite(content["model_state_dict"], f"{self.path} ({kind} checkpoint)")
+        """Save ``last``, ``best`` or a ``stage`` checkpoint (the engine checks the weights are finite first)."""
         self.checkpoints.mkdir(parents=True, exist_ok=True)
         if kind == "last":
             target = self.last()

@@ -19,6 +19,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import attrs
 
+MIN_IMAGE_SIZE = 16  # pixels: below it, a backbone that downsamples 32 times sees a single pixel
+
 
 @attrs.frozen
 class TaskData:
