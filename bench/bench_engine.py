@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from conftest import write_image_folder  # noqa: E402  (the test suite's image writer)
 from zoo_classification.task import ClassificationTask  # noqa: E402
 
+from zoo_core.anatomy import input_config  # noqa: E402
 from zoo_core.engine.api import finetune  # noqa: E402
 from zoo_core.registry import Registry  # noqa: E402
 
@@ -36,6 +37,11 @@ logging.basicConfig(level=logging.WARNING)
 
 def epoch_seed(epoch: int) -> int:
     return (SEED * 1_000_003 + epoch) % 2**31
+
+
+def inputs_of(model: torch.nn.Module) -> object:
+    """The input config the engine would use for ``model`` at the benchmark's size."""
+    return input_config(model, Registry.load().plugins.hook, image_size=SIZE)
 
 
 class HandLoop:
@@ -50,7 +56,7 @@ class HandLoop:
         loaded = self.task.load_data(data, seed=SEED, val_fraction=0.2)
         torch.manual_seed(SEED)
         self.model = timm.create_model(ARCH, pretrained=False, num_classes=len(loaded.class_names))
-        config = self.task.input_config(self.model, SIZE)
+        config = inputs_of(self.model)
         self.dataset = self.task.dataset(loaded, "train", input_config=config, augment={})
         self.val_loader = torch.utils.data.DataLoader(
             self.task.dataset(loaded, "val", input_config=config, augment={}), batch_size=64, collate_fn=self.task.collate
@@ -167,7 +173,7 @@ def zoo_vs_lightning(data: Path, out: Path) -> list[tuple[str, str]]:
 
     task = ClassificationTask()
     loaded = task.load_data(data, seed=SEED, val_fraction=0.2)
-    config = task.input_config(timm.create_model(ARCH, pretrained=False), SIZE)
+    config = inputs_of(timm.create_model(ARCH, pretrained=False))
     train = task.dataset(loaded, "train", input_config=config, augment={})
     val = task.dataset(loaded, "val", input_config=config, augment={})
 

@@ -13,8 +13,8 @@ from common import machine, median, report, timed
 from safetensors.torch import save_file
 
 from zoo_core.models import build_skeleton
+from zoo_core.plans import plan_transfer
 from zoo_core.registry import Registry
-from zoo_core.transfer import plan_transfer
 
 REPEAT = 5
 ARCH = "vit_base_patch16_224"

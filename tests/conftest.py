@@ -291,6 +291,53 @@ def nested_tensors(value: object, prefix: str = "") -> Iterator[tuple[str, objec
             yield from nested_tensors(item, f"{prefix}/{index}")
 
 
+HUB_REVISION = "0123456789abcdef0123456789abcdef01234567"
+
+TINY_TIER = """
+[families.tiny.tiers.t1]
+rank = 1
+backbone = "timm:test_resnet"
+neck = { kind = "mlp", dim = 16 }
+heads = { classifier = "linear", distance = { kind = "linear", out = 1 } }
+"""
+
+
+def scrambled(model, seed: int):
+    """Fill every float tensor (parameters and BN buffers) with positive random values, so that
+    equal tensors never come from a shared initialisation."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for tensor in model.state_dict().values():
+            if tensor.is_floating_point():
+                tensor.copy_(torch.rand(tensor.shape, generator=generator) + 0.5)
+    return model
+
+
+def assert_same_tensors(actual, expected) -> None:
+    """The same keys, and every tensor ``torch.equal``."""
+    import torch
+
+    assert sorted(actual) == sorted(expected)
+    unequal = [key for key in expected if not torch.equal(actual[key], expected[key])]
+    assert not unequal, f"tensors differ: {unequal[:5]}"
+
+
+def write_hf_snapshot(repo_id: str, model, revision: str = HUB_REVISION, *, main: bool = True) -> Path:
+    """A Hugging Face hub cache entry (under this test's ``HF_HOME``) written by timm's own ``save_for_hf``."""
+    import timm
+
+    repo = Path(os.environ["HF_HOME"]) / "hub" / f"models--{repo_id.replace('/', '--')}"
+    snapshot = repo / "snapshots" / revision
+    snapshot.mkdir(parents=True)
+    timm.models.save_for_hf(model, snapshot, safe_serialization=True)
+    if main:
+        (repo / "refs").mkdir(exist_ok=True)
+        (repo / "refs" / "main").write_text(revision)
+    return snapshot
+
+
 def folder_snapshot(*roots: Path) -> dict[str, bytes]:
     """Every file under ``roots`` with its bytes, to prove a command changed nothing."""
     return {str(p): p.read_bytes() for root in roots for p in sorted(root.rglob("*")) if p.is_file()}

@@ -17,12 +17,12 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
 import timm
 import torch
+from conftest import assert_same_tensors
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -47,10 +47,6 @@ def resnet_state(seed: int = 0, num_classes: int = 5) -> dict[str, torch.Tensor]
     return timm.create_model("resnet10t", pretrained=False, num_classes=num_classes).state_dict()
 
 
-def assert_same(actual: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor]) -> None:
-    assert sorted(actual) == sorted(expected)
-    unequal = [key for key in expected if not torch.equal(actual[key], expected[key])]
-    assert not unequal, f"tensors differ: {unequal[:5]}"
 
 
 class RunsShellCommand:
@@ -85,7 +81,7 @@ def test_reads_the_state_dict_nested_under_each_common_key(tmp_path: Path, layou
 
     assert checkpoint.layout == layout
     assert checkpoint.format == "torch"
-    assert_same(checkpoint.state_dict, state)
+    assert_same_tensors(checkpoint.state_dict, state)
     assert checkpoint.meta["epoch"] == 7
 
 
@@ -98,7 +94,7 @@ def test_reads_a_bare_state_dict(tmp_path: Path, suffix: str) -> None:
     checkpoint = read_checkpoint(path)
 
     assert checkpoint.layout == "bare"
-    assert_same(checkpoint.state_dict, state)
+    assert_same_tensors(checkpoint.state_dict, state)
 
 
 def test_reads_a_safetensors_file_with_its_metadata(tmp_path: Path) -> None:
@@ -109,7 +105,7 @@ def test_reads_a_safetensors_file_with_its_metadata(tmp_path: Path) -> None:
     checkpoint = read_checkpoint(path)
 
     assert checkpoint.format == "safetensors"
-    assert_same(checkpoint.state_dict, state)
+    assert_same_tensors(checkpoint.state_dict, state)
     assert checkpoint.meta["metadata"]["author"] == "me"
 
 
@@ -121,7 +117,7 @@ def test_model_state_dict_wins_over_an_ema_copy_saved_beside_it(tmp_path: Path) 
     checkpoint = read_checkpoint(path)
 
     assert checkpoint.layout == "model_state_dict"
-    assert_same(checkpoint.state_dict, state)
+    assert_same_tensors(checkpoint.state_dict, state)
     assert set(checkpoint.meta) == {"state_dict_ema", "epoch"}
 
 
@@ -143,7 +139,7 @@ def test_ddp_module_prefix_is_kept_unless_stripping_is_requested(tmp_path: Path)
     torch.save({"model_state_dict": wrapped.state_dict()}, path)
 
     assert all(key.startswith("module.") for key in read_checkpoint(path).state_dict)
-    assert_same(read_checkpoint(path, strip=["module."]).state_dict, model.state_dict())
+    assert_same_tensors(read_checkpoint(path, strip=["module."]).state_dict, model.state_dict())
 
 
 def test_torch_compile_prefix_is_stripped_on_request(tmp_path: Path) -> None:
@@ -153,7 +149,7 @@ def test_torch_compile_prefix_is_stripped_on_request(tmp_path: Path) -> None:
     torch.save(compiled.state_dict(), path)
 
     assert next(iter(read_checkpoint(path).state_dict)).startswith("_orig_mod.")
-    assert_same(read_checkpoint(path, strip=["_orig_mod."]).state_dict, model.state_dict())
+    assert_same_tensors(read_checkpoint(path, strip=["_orig_mod."]).state_dict, model.state_dict())
 
 
 def test_lightning_model_prefix_is_stripped_on_request(tmp_path: Path) -> None:
@@ -163,7 +159,7 @@ def test_lightning_model_prefix_is_stripped_on_request(tmp_path: Path) -> None:
 
     checkpoint = read_checkpoint(path, strip=KNOWN_PREFIXES)
 
-    assert_same(checkpoint.state_dict, state)
+    assert_same_tensors(checkpoint.state_dict, state)
 
 
 def test_stacked_prefixes_are_all_stripped(tmp_path: Path) -> None:
@@ -171,7 +167,7 @@ def test_stacked_prefixes_are_all_stripped(tmp_path: Path) -> None:
     path = tmp_path / "stacked.pt"
     torch.save({f"module._orig_mod.{k}": v for k, v in state.items()}, path)
 
-    assert_same(read_checkpoint(path, strip=KNOWN_PREFIXES).state_dict, state)
+    assert_same_tensors(read_checkpoint(path, strip=KNOWN_PREFIXES).state_dict, state)
 
 
 def test_a_prefix_only_some_keys_carry_is_not_stripped(tmp_path: Path) -> None:
@@ -262,7 +258,7 @@ def test_allowlisted_containers_and_plain_values_load(tmp_path: Path) -> None:
     checkpoint = read_checkpoint(path)
 
     assert checkpoint.meta["metrics"] == {"acc": [0.5, 0.7]}
-    assert_same(checkpoint.state_dict, state)
+    assert_same_tensors(checkpoint.state_dict, state)
 
 
 # --- corrupt files ---------------------------------------------------------------------------------------
@@ -372,7 +368,7 @@ def test_saved_checkpoints_load_with_plain_torch_weights_only(tmp_path: Path) ->
 
     loaded = torch.load(path, weights_only=True)
 
-    assert_same(loaded["model_state_dict"], state)
+    assert_same_tensors(loaded["model_state_dict"], state)
     assert loaded["provenance"]["class_names"] == list("abcde")
     assert loaded["provenance"]["versions"]["torch"] == torch.__version__.split("+")[0]
     assert list(folder.iterdir()) == [path]  # no temporary left behind
@@ -463,7 +459,7 @@ def test_save_export_load_round_trip_gives_equal_tensors_and_provenance(tmp_path
 
     assert result.code == 0, result
     exported = read_checkpoint(out)
-    assert_same(exported.state_dict, state)
+    assert_same_tensors(exported.state_dict, state)
     assert exported.provenance["model"] == "timm:resnet10t"
     assert exported.provenance["class_names"] == ["a", "b", "c", "d", "e"]
     assert exported.provenance["exported_from"]["sha256"] == sha256_file(ckpt)
@@ -489,7 +485,7 @@ def test_export_backbone_only_writes_only_backbone_tensors(tmp_path: Path, zoo) 
 
     assert result.code == 0, result
     exported = read_checkpoint(out)
-    assert_same(exported.state_dict, {k: v for k, v in state.items() if not k.startswith("fc.")})
+    assert_same_tensors(exported.state_dict, {k: v for k, v in state.items() if not k.startswith("fc.")})
     assert exported.provenance["export"] == "backbone"
 
 
@@ -540,6 +536,6 @@ def test_zoo_load_checkpoint_returns_tensors_metadata_and_provenance(tmp_path: P
 
     checkpoint = zoo.load_checkpoint(ckpt)
 
-    assert_same(checkpoint.state_dict, state)
+    assert_same_tensors(checkpoint.state_dict, state)
     assert checkpoint.meta["epoch"] == 60
     assert checkpoint.provenance["model"] == "timm:resnet10t"

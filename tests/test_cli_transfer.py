@@ -24,7 +24,7 @@ import torch
 from zoo_core.checkpoint import read_checkpoint, save_safetensors
 from zoo_core.fileio import sha256_file
 from zoo_core.groups import layer_groups
-from zoo_core.transfer import plan_transfer
+from zoo_core.plans import plan_transfer
 
 # --- helpers -------------------------------------------------------------------------------------
 

@@ -36,7 +36,8 @@ def test_example_tier_builds_with_its_neck_and_heads(installed_packages, on_path
 def test_example_rules_carry_backbone_and_classifier_from_t1_to_t2(installed_packages, on_path, make_registry) -> None:
     on_path(installed_packages(EXAMPLE))
     from zoo_core.models import create_model
-    from zoo_core.transfer import Action, plan_transfer
+    from zoo_core.plans import plan_transfer
+    from zoo_core.transfer import Action
 
     registry = make_registry()
     t1 = create_model("tiny/t1", num_classes=3, registry=registry)

@@ -24,7 +24,7 @@ from zoo_core.errors import ZooError
 from zoo_core.features import FeatureExtractor
 
 IMAGES = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
-TINY_TIER = """
+HEAD_ONLY_TIER = """
 [families.tiny.tiers.t1]
 rank = 1
 backbone = "timm:test_resnet"
@@ -81,7 +81,7 @@ def test_a_timm_extractor_computes_the_models_own_features() -> None:
 
 
 def test_a_zoomodel_is_read_through_its_backbone() -> None:
-    Path("zoo.toml").write_text(TINY_TIER)
+    Path("zoo.toml").write_text(HEAD_ONLY_TIER)
     extractor = FeatureExtractor("tiny/t1", num_classes=3, layers=["layer4"])
     reference = timm.create_model("test_resnet", features_only=True, out_indices=(4,))
     assert shapes(extractor(IMAGES)) == {"layer4": (2, reference.feature_info.channels()[0], 2, 2)}

@@ -14,6 +14,7 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
+from conftest import TINY_TIER
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
@@ -24,13 +25,6 @@ from zoo_core.groups import layer_groups
 from zoo_core.optim import apply_learning_rates, build_optimizer, stage_learning_rates
 from zoo_core.specs import LrSpec
 
-TINY_TIER = """
-[families.tiny.tiers.t1]
-rank = 1
-backbone = "timm:test_resnet"
-neck = { kind = "mlp", dim = 16 }
-heads = { classifier = "linear", distance = { kind = "linear", out = 1 } }
-"""
 BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 
 

@@ -14,6 +14,7 @@ import pytest
 import timm
 import torch
 import torchvision
+from conftest import TINY_TIER
 from torch import nn
 
 import zoo_core
@@ -21,13 +22,7 @@ from zoo_core.errors import PluginError, RecipeError, UnknownNameError, ZooError
 from zoo_core.groups import layer_groups
 from zoo_core.heads import LinearHead, MlpHead, build_head, find_classifier, replace_head, strip_classifier
 
-TINY_TIERS = """
-[families.tiny.tiers.t1]
-rank = 1
-backbone = "timm:test_resnet"
-neck = { kind = "mlp", dim = 16 }
-heads = { classifier = "linear", distance = { kind = "linear", out = 1 } }
-
+TINY_TIERS = TINY_TIER + """
 [families.tiny.tiers.t2]
 rank = 2
 backbone = "timm:test_resnet"

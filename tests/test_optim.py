@@ -17,6 +17,7 @@ import timm
 import timm.optim
 import torch
 import torch.nn.functional as F
+from conftest import TINY_TIER
 from torch import nn
 
 import zoo_core
@@ -28,13 +29,6 @@ from zoo_core.groups import layer_groups
 from zoo_core.optim import apply_learning_rates, build_optimizer, current_rates, param_groups, stage_learning_rates
 from zoo_core.specs import LrSpec, Recipe, Stage
 
-TINY_TIER = """
-[families.tiny.tiers.t1]
-rank = 1
-backbone = "timm:test_resnet"
-neck = { kind = "mlp", dim = 16 }
-heads = { classifier = "linear", distance = { kind = "linear", out = 1 } }
-"""
 WHERE = Where("zoo.toml", "recipes.fast.stages[0].lr")
 GROUPS = ["stem", "layer1", "layer2", "layer3", "layer4", "neck", "heads.classifier", "heads.distance"]
 

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, write_image_folder
+from conftest import ROOT, write_hf_snapshot, write_image_folder
 
 README = ROOT / "README.md"
 FENCE = re.compile(r"```(\w+)\n(.*?)```", re.S)
@@ -43,23 +43,11 @@ def test_ci_runs_the_readme_test_command() -> None:
     assert quickstart_commands()[1] in (ROOT / ".ci" / "run").read_text()
 
 
-def _seed_hub_cache(hf_home: Path) -> None:
-    import timm
-    from timm.models import save_for_hf
-
-    revision = "0123456789abcdef0123456789abcdef01234567"
-    repo = hf_home / "hub" / "models--timm--resnet10t.c3_in1k"
-    model = timm.create_model("resnet10t.c3_in1k", pretrained=False)
-    save_for_hf(model, repo / "snapshots" / revision, safe_serialization=True)
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(revision)
-
-
 def _sandbox(work: Path) -> dict[str, str]:
     import timm
     from safetensors.torch import save_file
 
-    _seed_hub_cache(Path(os.environ["HF_HOME"]))
+    write_hf_snapshot("timm/resnet10t.c3_in1k", timm.create_model("resnet10t.c3_in1k", pretrained=False))
     write_image_folder(work / "my_images", classes=3, per_class=12, size=24)
     save_file(timm.create_model("resnet14t", pretrained=False).state_dict(), work / "resnet14t.safetensors")
     (work / "examples").symlink_to(ROOT / "examples")

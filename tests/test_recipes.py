@@ -493,3 +493,43 @@ def test_plugin_recipe_runs_every_stage(make_registry, data, tmp_path):
         "stage-0-first.pt",
         "stage-1-second.pt",
     ]
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [("grad_clip", True), ("warmup_epochs", True), ("weight_decay", False), ("ema", True)],
+)
+def test_a_boolean_is_never_taken_for_a_number(key: str, value: bool) -> None:
+    """``grad_clip = true`` once became max-norm 1: booleans are ints to Python, not to a recipe."""
+    from zoo_core.specs import SpecValueError
+
+    with pytest.raises(SpecValueError, match=rf"^{key}: .*got {value!r}"):
+        Stage(epochs=1, lr=LrSpec(value=1e-3), **{key: value})
+
+
+@pytest.mark.parametrize("key, value", [("momentum", True), ("label_smoothing", True), ("max_lr", True)])
+def test_a_boolean_is_never_a_recipe_number(key: str, value: bool) -> None:
+    from zoo_core.specs import SpecValueError
+
+    with pytest.raises(SpecValueError, match=rf"^{key}: "):
+        Recipe(name="r", stages=(Stage(epochs=1, lr=LrSpec(value=1e-5)),), **{key: value})
+
+
+def test_a_boolean_in_a_catalog_is_one_line_naming_the_key(zoo) -> None:
+    Path("zoo.toml").write_text('[recipes.r]\n[[recipes.r.stages]]\nepochs = 1\nlr = 1e-3\ngrad_clip = true\n')
+
+    one_error_line(zoo("recipes", "r"), "zoo.toml: recipes.r.stages[0].grad_clip: must be > 0, got True")
+
+
+def test_a_new_augmentation_of_a_task_counts_as_random_until_it_says_otherwise() -> None:
+    """The feature cache needs deterministic inputs: a knob only listed in augment_keys must turn it off."""
+    from zoo_classification.task import ClassificationTask
+
+    class WithJitter(ClassificationTask):
+        augment_keys = ClassificationTask.augment_keys | {"jitter"}
+
+    task = WithJitter()
+
+    assert not task.deterministic({"jitter": 0.4})
+    assert task.deterministic({"mixup_alpha": 0.4})  # a setting of mixup, which is off
+    assert not task.deterministic({"mixup": 0.1, "mixup_alpha": 0.4})

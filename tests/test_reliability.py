@@ -331,8 +331,8 @@ def test_a_t5_checkpoint_keeps_its_temporal_encoder_through_finetune(tmp_path: P
 def test_family_rules_still_apply_between_two_tiers(tmp_path: Path) -> None:
     from zoo_core.checkpoint import save_checkpoint
     from zoo_core.models import create_model
+    from zoo_core.plans import plan_transfer
     from zoo_core.provenance import make_provenance
-    from zoo_core.transfer import plan_transfer
 
     model = create_model("maxsight/t5", num_classes=3)
     provenance = make_provenance(model="maxsight/t4", num_classes=3)  # as if trained as a T4 …
@@ -361,9 +361,9 @@ def test_a_nonsensical_image_size_is_one_line(size: str, tmp_path: Path, zoo) ->
 
 def test_the_api_refuses_a_tiny_image_size_too(tmp_path: Path) -> None:
     from zoo_core.engine.api import finetune
-    from zoo_core.errors import RecipeError
+    from zoo_core.errors import RunError
 
-    with pytest.raises(RecipeError, match="image_size must be at least 16 pixels, got 1"):
+    with pytest.raises(RunError, match="image_size must be a whole number of at least 16 pixels, got 1"):
         finetune("linear-probe", "timm:test_resnet", write_image_folder(tmp_path / "data"), image_size=1, pretrained=False)
 
 

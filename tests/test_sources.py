@@ -17,6 +17,7 @@ import timm
 import torch
 import torchvision
 from conftest import assert_one_error as one_error_line
+from conftest import assert_same_tensors, scrambled, write_hf_snapshot
 
 from zoo_core.checkpoint import read_checkpoint, save_safetensors
 from zoo_core.errors import CheckpointError
@@ -32,36 +33,14 @@ TV_RESNET18_FILE = "resnet18-f37072fd.pth"  # torchvision's ResNet18_Weights.IMA
 # --- helpers -------------------------------------------------------------------------------------
 
 
-def scrambled(model: torch.nn.Module, seed: int) -> torch.nn.Module:
-    """Fill every float tensor (parameters and BN buffers) with positive random values."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for tensor in model.state_dict().values():
-            if tensor.is_floating_point():
-                tensor.copy_(torch.rand(tensor.shape, generator=generator) + 0.5)
-    return model
 
 
-def assert_same(actual: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor]) -> None:
-    assert sorted(actual) == sorted(expected)
-    unequal = [key for key in expected if not torch.equal(actual[key], expected[key])]
-    assert not unequal, f"tensors differ: {unequal[:5]}"
 
 
 def without(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     return {key: value for key, value in state.items() if not key.startswith(prefix)}
 
 
-def write_hf_snapshot(repo_id: str, model: torch.nn.Module, revision: str, *, main: bool = True) -> Path:
-    """A Hugging Face hub cache entry written by timm's own ``save_for_hf``."""
-    repo = Path(os.environ["HF_HOME"]) / "hub" / f"models--{repo_id.replace('/', '--')}"
-    snapshot = repo / "snapshots" / revision
-    snapshot.mkdir(parents=True)
-    timm.models.save_for_hf(model, snapshot, safe_serialization=True)
-    if main:
-        (repo / "refs").mkdir(exist_ok=True)
-        (repo / "refs" / "main").write_text(revision)
-    return snapshot
 
 
 @pytest.fixture
@@ -110,14 +89,14 @@ def test_timm_untrained_model_takes_a_new_num_classes(offline: None) -> None:
 def test_timm_pretrained_weights_load_from_the_hf_cache_offline(timm_hf_cache: dict, offline: None) -> None:
     model = create_model("timm:resnet10t.c3_in1k", pretrained=True)
 
-    assert_same(model.state_dict(), timm_hf_cache)
+    assert_same_tensors(model.state_dict(), timm_hf_cache)
 
 
 def test_timm_bare_architecture_uses_its_default_pretrained_tag(timm_hf_cache: dict, offline: None) -> None:
     model = create_model("timm:resnet10t", pretrained=True)
 
     assert model.zoo_spec.name == "timm:resnet10t.c3_in1k"
-    assert_same(model.state_dict(), timm_hf_cache)
+    assert_same_tensors(model.state_dict(), timm_hf_cache)
 
 
 def test_timm_pretrained_with_new_num_classes_keeps_backbone_and_replaces_classifier(
@@ -126,7 +105,7 @@ def test_timm_pretrained_with_new_num_classes_keeps_backbone_and_replaces_classi
     model = create_model("timm:resnet10t.c3_in1k", pretrained=True, num_classes=3)
     state = model.state_dict()
 
-    assert_same(without(state, "fc."), without(timm_hf_cache, "fc."))
+    assert_same_tensors(without(state, "fc."), without(timm_hf_cache, "fc."))
     assert state["fc.weight"].shape == (3, 512)
     assert not torch.equal(state["fc.weight"], timm_hf_cache["fc.weight"][:3])
 
@@ -146,14 +125,14 @@ def test_torchvision_pretrained_weights_load_from_torch_home(name: str, torchvis
     model = create_model(name, pretrained=True)
 
     assert model.zoo_spec.name == "torchvision:resnet18.IMAGENET1K_V1"
-    assert_same(model.state_dict(), torchvision_cache)
+    assert_same_tensors(model.state_dict(), torchvision_cache)
 
 
 def test_torchvision_pretrained_with_new_num_classes_replaces_the_head(torchvision_cache: dict, offline: None) -> None:
     model = create_model("torchvision:resnet18", pretrained=True, num_classes=4)
     state = model.state_dict()
 
-    assert_same(without(state, "fc."), without(torchvision_cache, "fc."))
+    assert_same_tensors(without(state, "fc."), without(torchvision_cache, "fc."))
     assert model.fc.out_features == 4
     assert model.eval()(torch.randn(1, 3, 32, 32)).shape == (1, 4)
 
@@ -181,7 +160,7 @@ def test_hf_hub_pretrained_weights_load_from_the_cache_offline(hub_repo: dict, o
     model = create_model("hf-hub:acme/tiny-net", pretrained=True)
 
     assert model.fc.out_features == 7
-    assert_same(model.state_dict(), hub_repo)
+    assert_same_tensors(model.state_dict(), hub_repo)
 
 
 def test_hf_hub_untrained_model_follows_config_json(hub_repo: dict, offline: None) -> None:
@@ -197,7 +176,7 @@ def test_hf_hub_pretrained_with_new_num_classes_replaces_the_classifier(hub_repo
     state = model.state_dict()
 
     assert model.fc.out_features == 2
-    assert_same(without(state, "fc."), without(hub_repo, "fc."))
+    assert_same_tensors(without(state, "fc."), without(hub_repo, "fc."))
 
 
 def test_hf_hub_revision_pin_picks_its_snapshot_over_main(offline: None) -> None:
@@ -212,8 +191,8 @@ def test_hf_hub_revision_pin_picks_its_snapshot_over_main(offline: None) -> None
 
     assert pinned.zoo_spec.revision == REV_A
     assert latest.zoo_spec.revision == REV_B
-    assert_same(pinned.state_dict(), old)
-    assert_same(latest.state_dict(), new)
+    assert_same_tensors(pinned.state_dict(), old)
+    assert_same_tensors(latest.state_dict(), new)
 
 
 def test_hf_hub_unknown_revision_offline_names_the_pull_command(hub_repo: dict, offline: None, zoo) -> None:
@@ -238,7 +217,7 @@ def test_file_source_rebuilds_the_model_a_transfer_wrote(suffix: str, tiny_check
     model = create_model(f"file:{out}", pretrained=True)
 
     assert model.fc.out_features == 5
-    assert_same(model.state_dict(), saved)
+    assert_same_tensors(model.state_dict(), saved)
 
 
 def test_file_source_reads_a_checkpoint_dict_with_provenance(tmp_path: Path, offline: None) -> None:
@@ -249,7 +228,7 @@ def test_file_source_reads_a_checkpoint_dict_with_provenance(tmp_path: Path, off
     model = create_model(f"file:{path}", pretrained=True)
 
     assert model.fc.out_features == 5
-    assert_same(model.state_dict(), trained)
+    assert_same_tensors(model.state_dict(), trained)
 
 
 def test_file_source_without_pretrained_builds_the_named_architecture_untrained(tmp_path: Path, offline: None) -> None:
@@ -271,7 +250,7 @@ def test_file_source_with_new_num_classes_keeps_backbone_and_replaces_head(tmp_p
     model = create_model(f"file:{path}", pretrained=True, num_classes=3)
 
     assert model.fc.out_features == 3
-    assert_same(without(model.state_dict(), "fc."), without(trained, "fc."))
+    assert_same_tensors(without(model.state_dict(), "fc."), without(trained, "fc."))
 
 
 def test_file_source_safetensors_export_carries_its_model_in_metadata(tmp_path: Path, offline: None) -> None:
@@ -280,7 +259,7 @@ def test_file_source_safetensors_export_carries_its_model_in_metadata(tmp_path: 
 
     model = create_model(f"file:{path}", pretrained=True)
 
-    assert_same(model.state_dict(), trained)
+    assert_same_tensors(model.state_dict(), trained)
 
 
 def test_file_without_provenance_is_an_error_that_says_how_to_use_it(zoo, offline: None) -> None:

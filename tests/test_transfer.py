@@ -19,27 +19,21 @@ import pytest
 import timm
 import torch
 import torchvision
+from conftest import scrambled
 from torch import nn
 
 import zoo_core as zoo
 from zoo_core.checkpoint import read_checkpoint, read_tensor_info, save_checkpoint, save_safetensors
 from zoo_core.errors import CheckpointError, TransferError
 from zoo_core.groups import layer_groups
+from zoo_core.plans import plan_transfer
 from zoo_core.provenance import make_provenance
 from zoo_core.specs import TransferRules
-from zoo_core.transfer import TransferPlan, plan_transfer
+from zoo_core.transfer import Action, TransferPlan
 
 # --- helpers -------------------------------------------------------------------------------------
 
 
-def scrambled(model: nn.Module, seed: int) -> nn.Module:
-    """Fill every float tensor with random values, so equal tensors never come from a shared init."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for tensor in model.state_dict().values():
-            if tensor.is_floating_point():
-                tensor.copy_(torch.rand(tensor.shape, generator=generator) + 0.5)
-    return model
 
 
 def timm_model(arch: str = "resnet10t", num_classes: int = 5, seed: int = 0, **kwargs: Any) -> nn.Module:
@@ -452,6 +446,8 @@ def expected_coverage(model: nn.Module, carried: set[str]) -> dict[str, float]:
     params = {p for g in groups for p in g.params}
     by_group: dict[str, list[str]] = {}
     for key in state:
+        if not state[key].is_floating_point():
+            continue  # counters (num_batches_tracked) hold no weights and count for nothing
         group = groups.owner(key if key in params else key.rsplit(".", 1)[0] + ".weight")  # BN buffers: their weight
         by_group.setdefault(group.name, []).append(key)
         by_group.setdefault(group.role.value, []).append(key)
@@ -493,7 +489,7 @@ def test_coverage_of_an_unknown_group_is_an_error_listing_the_choices() -> None:
 def test_a_backbone_coverage_policy_refuses_a_partial_backbone() -> None:
     plan = plan_transfer(timm_model("resnet10t"), zoo.create_model("timm:resnet14t", num_classes=5))
 
-    with pytest.raises(TransferError, match=r"coverage policy not met: backbone is \d+\.\d% covered, 100% required"):
+    with pytest.raises(TransferError, match=r"coverage policy not met: backbone is \d+\.\d% covered \([\d,]+ of [\d,]+ values\), 100% required"):
         plan.enforce({"backbone": 1.0})
 
 
@@ -522,9 +518,12 @@ def test_strict_mode_refuses_targets_left_new() -> None:
 
 
 def test_strict_mode_accepts_a_complete_transfer() -> None:
-    plan = plan_transfer(timm_model(num_classes=5), zoo.create_model("timm:resnet10t", num_classes=5))
+    target = zoo.create_model("timm:resnet10t", num_classes=5)
+    plan = plan_transfer(timm_model(num_classes=5), target)
 
-    plan.enforce({"backbone": 1.0, "head": 1.0}, strict=True)
+    plan.enforce({"backbone": 1.0, "head": 1.0}, strict=True)  # raises when anything is left out
+
+    assert plan.counts()["copy"] == len(target.state_dict()) and plan.coverage_of("head") == 1.0
 
 
 # --- planning without loading tensors ----------------------------------------------------------------------
@@ -536,7 +535,7 @@ def test_a_plan_from_a_safetensors_header_equals_the_plan_from_its_loaded_tensor
     from_header = plan_transfer(path, "timm:resnet14t", num_classes=3)
     loaded = plan_transfer(read_checkpoint(path).state_dict, zoo.create_model("timm:resnet14t", num_classes=3))
 
-    assert from_header.source.tensors is None  # nothing was read beyond the header
+    assert from_header.source._tensors is None  # nothing was read beyond the header
     assert plan_body(from_header) == plan_body(loaded)
     assert from_header.to_dict()["source"]["path"] == str(path)
 
@@ -548,8 +547,22 @@ def test_a_plan_from_a_memory_mapped_torch_file_equals_the_plan_from_torch_load(
     from_file = plan_transfer(path, "timm:resnet14t", num_classes=3)
     loaded = plan_transfer(torch.load(path, weights_only=True)["model_state_dict"], "timm:resnet14t", num_classes=3)
 
-    assert from_file.source.tensors is None
     assert plan_body(from_file) == plan_body(loaded)
+
+
+def test_planning_and_applying_read_a_torch_file_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import zoo_core.checkpoint
+
+    path = tmp_path / "old.pt"
+    torch.save({"model_state_dict": timm_model().state_dict(), "epoch": 60, "val_loss": 0.1}, path)
+    loads: list[object] = []
+    original = zoo_core.checkpoint.torch_load
+    monkeypatch.setattr(zoo_core.checkpoint, "torch_load", lambda *a, **k: loads.append(a) or original(*a, **k))
+    target = zoo.create_model("timm:resnet14t", num_classes=3)
+
+    plan_transfer(path, target).apply(target)
+
+    assert len(loads) == 1  # memory-mapped once: the plan's shapes and the applied tensors come from it
 
 
 def test_a_plan_against_a_meta_device_target_equals_the_plan_against_a_real_model() -> None:
@@ -817,3 +830,100 @@ def test_seed_000_flow_validate_plan_apply_report(tmp_path: Path, maxsight_t2_st
     assert "trained for only 20 epochs" in warnings[0]
     assert record["counts"]["copy"] > 0 and "temporal" in plan.report()
     assert torch.equal(t5.state_dict()["neck.proj.0.weight"], maxsight_t2_state["neck.proj.0.weight"])
+
+
+# --- policies that speak the truth --------------------------------------------------------------------------
+
+
+def test_a_heads_policy_names_the_heads_left_new() -> None:
+    """``--require heads=1.0`` means the head role, in the check and in its message."""
+    plan = plan_transfer(timm_model(num_classes=5), zoo.create_model("timm:resnet10t", num_classes=3))
+
+    with pytest.raises(TransferError, match=r"heads is 0\.0% covered .* \(2 tensors would stay new, e\.g\. fc\.weight, fc\.bias\)"):
+        plan.enforce({"heads": 1.0})
+
+
+def frozen_bn_detector_backbone() -> dict[str, torch.Tensor]:
+    """A torchvision detector's backbone: ``backbone.body.*`` with FrozenBatchNorm2d (no counters), plus its FPN."""
+    from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+
+    torch.manual_seed(0)
+    backbone = resnet_fpn_backbone(backbone_name="resnet18", weights=None, trainable_layers=5)
+    return {f"backbone.{key}": value for key, value in backbone.state_dict().items()}
+
+
+def test_batchnorm_counters_do_not_count_against_coverage() -> None:
+    source = frozen_bn_detector_backbone()
+    assert not any(key.endswith("num_batches_tracked") for key in source)
+
+    plan = plan_transfer(source, "torchvision:resnet18", rules=TransferRules(rename=[(r"^backbone\.body\.", "")]))
+
+    plan.enforce({"backbone": 1.0})  # as PyTorch itself loads such a state dict strictly
+    counters = [e for e in plan.entries if e.target.endswith("num_batches_tracked")]
+    assert counters and all(e.action is Action.NEW and e.counter for e in counters)
+    assert plan.coverage_of("backbone") == 1.0
+
+
+def test_a_failed_policy_never_shows_the_fraction_it_misses() -> None:
+    """99.999% is not "100.0% covered, 100% required … relax to 1.00"."""
+    source = timm_model(num_classes=5).state_dict()
+    source.pop("layer4.0.downsample.2.bias")  # 512 of about 4.9 million values
+    plan = plan_transfer(source, zoo.create_model("timm:resnet10t", num_classes=5))
+
+    with pytest.raises(TransferError) as caught:
+        plan.enforce({"backbone": 1.0})
+
+    message = str(caught.value)
+    assert "99.9% covered" in message and "relax --require backbone=0.99" in message
+    assert "100.0% covered" not in message
+
+
+# --- plans between specs, and bare backbones into tiers ---------------------------------------------------
+
+
+def test_a_plan_between_two_tiers_needs_no_weights() -> None:
+    plan = plan_transfer("maxsight/t2", "maxsight/t5", num_classes=3)
+
+    assert plan.source.path is None and not plan.source.has_data
+    assert {e.target for e in plan.entries if e.action is Action.NEW and e.target.startswith("neck.temporal.")}
+    assert plan.coverage_of("heads.classifier") == 1.0
+
+
+def test_a_bare_backbone_is_carried_into_a_tiers_backbone() -> None:
+    source = timm_model("resnet14t", num_classes=5).state_dict()
+
+    plan = plan_transfer(source, "maxsight/t2", num_classes=3)
+
+    carried = {e.target: e for e in plan.entries if e.action is not Action.NEW}
+    assert plan.coverage_of("backbone") == 1.0
+    assert carried["backbone.conv1.0.weight"].source == "conv1.0.weight"
+    assert "as backbone.*" in carried["backbone.conv1.0.weight"].note
+    assert {item.source for item in plan.unused} == {"fc.weight", "fc.bias"}  # the bare model's own classifier
+
+
+def test_a_tiers_backbone_is_carried_into_a_bare_model(tmp_path: Path) -> None:
+    tier = zoo.create_model("maxsight/t2", num_classes=3)
+    state = {k: v for k, v in tier.state_dict().items() if k.startswith("backbone.")}
+
+    plan = plan_transfer(state, "timm:resnet14t", num_classes=3)
+
+    assert plan.coverage_of("backbone") == 1.0
+    assert all(e.source == f"backbone.{e.target}" for e in plan.entries if e.role.value == "backbone" and not e.counter)
+
+
+def test_a_plan_against_a_name_is_headed_by_the_architecture_not_its_weights() -> None:
+    plan = plan_transfer(timm_model().state_dict(), "timm:resnet14t.c3_in1k", num_classes=3)
+
+    assert plan.report().splitlines()[0] == "transfer state dict -> timm:resnet14t"
+
+
+def test_input_channels_are_adapted_for_a_target_built_with_in_chans() -> None:
+    source = timm_model(num_classes=5)
+    target = zoo.create_model("timm:resnet10t", num_classes=5, in_chans=1)
+
+    plan = plan_transfer(source, "timm:resnet10t", num_classes=5, in_chans=1)
+    plan.apply(target)
+
+    first = entry(plan, "conv1.0.weight")
+    assert first.action is Action.ADAPT and first.note == "input channels 3->1"
+    assert torch.allclose(target.state_dict()["conv1.0.weight"], source.state_dict()["conv1.0.weight"].sum(dim=1, keepdim=True))

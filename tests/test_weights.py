@@ -11,20 +11,21 @@ import hashlib
 import json
 import os
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import timm
 import torch
+from conftest import HUB_REVISION, assert_same_tensors, write_hf_snapshot
 from conftest import assert_one_error as one_error_line
 from safetensors.torch import save as safetensors_bytes
 
 from zoo_core.errors import OfflineError, WeightsError
 from zoo_core.models import create_model
 
-REV = "0123456789abcdef0123456789abcdef01234567"
+REV = HUB_REVISION
 TIMM_NAME = "timm:resnet10t.c3_in1k"
 HUB_NAME = "hf-hub:acme/tiny-net"
 
@@ -43,10 +44,6 @@ def scrambled_state(seed: int, num_classes: int = 1000) -> dict[str, torch.Tenso
     return model.state_dict()
 
 
-def assert_same(actual: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor]) -> None:
-    assert sorted(actual) == sorted(expected)
-    unequal = [key for key in expected if not torch.equal(actual[key], expected[key])]
-    assert not unequal, f"tensors differ: {unequal[:5]}"
 
 
 def sha256(data: bytes) -> str:
@@ -88,14 +85,6 @@ def declare_alias(url: str, digest: str | None = None, name: str = "mynet") -> N
     Path("zoo.toml").write_text(f'[aliases]\n{name} = {{ target = "timm:resnet10t", weights = {{ {weights} }} }}\n')
 
 
-def write_hf_snapshot(repo_id: str, model: torch.nn.Module, revision: str = REV) -> Path:
-    repo = Path(os.environ["HF_HOME"]) / "hub" / f"models--{repo_id.replace('/', '--')}"
-    snapshot = repo / "snapshots" / revision
-    snapshot.mkdir(parents=True)
-    timm.models.save_for_hf(model, snapshot, safe_serialization=True)
-    (repo / "refs").mkdir(exist_ok=True)
-    (repo / "refs" / "main").write_text(revision)
-    return snapshot
 
 
 def hub_model(seed: int, num_classes: int = 1000) -> torch.nn.Module:
@@ -223,7 +212,7 @@ def test_pretrained_alias_loads_the_pulled_weights_without_downloading_again(ser
 
     model = create_model("mynet", pretrained=True)
 
-    assert_same(model.state_dict(), state)
+    assert_same_tensors(model.state_dict(), state)
     assert server.requests == ["/w.safetensors"]
 
 
@@ -274,7 +263,7 @@ def test_pretrained_without_pull_downloads_verifies_and_loads_when_online(served
 
     model = create_model("mynet", pretrained=True)
 
-    assert_same(model.state_dict(), state)
+    assert_same_tensors(model.state_dict(), state)
     assert server.requests == ["/w.safetensors"]
 
 
@@ -290,7 +279,7 @@ def test_pull_from_a_file_url(weights_blob, tmp_path: Path, zoo) -> None:
     assert result.code == 0, result
     assert entry_with_file(read_lock(), "w.safetensors")["files"][0]["sha256"] == sha256(blob)
     source.unlink()  # loading must use the pulled copy
-    assert_same(create_model("mynet", pretrained=True).state_dict(), state)
+    assert_same_tensors(create_model("mynet", pretrained=True).state_dict(), state)
 
 
 @pytest.mark.slow
@@ -303,7 +292,7 @@ def test_pull_end_to_end_in_a_real_process(served, zoo_subprocess) -> None:
     assert process.returncode == 0, process.stderr
     assert "pinned" in process.stdout and "w.safetensors" in process.stdout
     assert entry_with_file(read_lock(), "w.safetensors")["files"][0]["sha256"] == sha256(blob)
-    assert_same(create_model("mynet", pretrained=True).state_dict(), state)
+    assert_same_tensors(create_model("mynet", pretrained=True).state_dict(), state)
 
 
 # --- failed downloads leave nothing behind ------------------------------------------------------------
@@ -333,7 +322,7 @@ def test_a_retry_after_an_interrupted_download_succeeds(served, server, zoo) -> 
 
     assert result.code == 0, result
     assert files_under(*download_roots()) == [zoo_home() / "weights" / "sha256" / sha256(blob) / "w.safetensors"]
-    assert_same(create_model("mynet", pretrained=True).state_dict(), state)
+    assert_same_tensors(create_model("mynet", pretrained=True).state_dict(), state)
 
 
 def test_download_with_the_wrong_sha256_fails_and_leaves_no_file(served, zoo) -> None:
@@ -602,7 +591,7 @@ def test_import_pins_a_local_file_and_loads_it_offline(weights_blob, tmp_path: P
     assert entry["method"] == "import"
     assert entry["files"] == [{"filename": "resnet10t.safetensors", "sha256": sha256(blob), "size": len(blob)}]
     usb.unlink()  # the import copied it into Zoo's store
-    assert_same(create_model(TIMM_NAME, pretrained=True).state_dict(), state)
+    assert_same_tensors(create_model(TIMM_NAME, pretrained=True).state_dict(), state)
 
 
 def test_import_of_a_torch_checkpoint_loads_its_model_state(tmp_path: Path, zoo, offline: None) -> None:
@@ -612,7 +601,7 @@ def test_import_of_a_torch_checkpoint_loads_its_model_state(tmp_path: Path, zoo,
 
     assert zoo("import", TIMM_NAME, path).code == 0
 
-    assert_same(create_model(TIMM_NAME, pretrained=True).state_dict(), state)
+    assert_same_tensors(create_model(TIMM_NAME, pretrained=True).state_dict(), state)
 
 
 class Payload:

@@ -26,7 +26,7 @@ _LAZY = {
     "create_model": "zoo_core.models",
     "load_checkpoint": "zoo_core.api",
     "save_checkpoint": "zoo_core.checkpoint",
-    "plan_transfer": "zoo_core.transfer",
+    "plan_transfer": "zoo_core.plans",
     "TransferPlan": "zoo_core.transfer",
     "layer_groups": "zoo_core.groups",
     "LayerGroups": "zoo_core.groups",

@@ -1,4 +1,5 @@
-"""Zoo's own plugin: head and neck factories and the default unfreeze schedule.
+"""Zoo's own plugin: head and neck factories, what a ZooModel knows about itself, and the
+default unfreeze schedule.
 
 It is declared in the ``zoo`` entry-point group like any third-party plugin, and can be
 blocked the same way (``ZOO_DISABLE_PLUGINS=core``).
@@ -27,3 +28,19 @@ def zoo_unfreeze_schedule(recipe: Any, groups: Any) -> Any:
     from .freeze import stage_schedule
 
     return stage_schedule(recipe, groups)
+
+
+@hookimpl(trylast=True)
+def zoo_layer_groups(model: Any, spec: Any, granularity: Any, registry: Any) -> Any:
+    from .zoomodel import ZooModel, zoomodel_groups
+
+    return zoomodel_groups(model, granularity, registry) if isinstance(model, ZooModel) else None
+
+
+@hookimpl(trylast=True)
+def zoo_classifier(model: Any) -> Any:
+    from .zoomodel import ZooModel
+
+    if not isinstance(model, ZooModel):
+        return None
+    return f"heads.{model.primary_head}", model.heads[model.primary_head]

@@ -35,6 +35,7 @@ from .specs import (
     TierSpec,
     TransferRules,
     WeightsPin,
+    spec_keys,
 )
 
 
@@ -128,9 +129,9 @@ def alias_from_mapping(name: str, value: Any, where: Where) -> AliasSpec:
 def rules_from_mapping(value: Any, where: Where) -> TransferRules:
     data = _table(value, where)
     _check_keys(
-        data, ("include", "exclude", "rename", "shape", "suffix_match", "class_aware", "strip_prefixes"), where
+        data, spec_keys(TransferRules), where
     )
-    for flag in ("suffix_match", "class_aware"):
+    for flag in ("suffix_match", "class_aware", "input_channels"):
         if flag in data and not isinstance(data[flag], bool):
             raise where.key(flag).error(f"must be true or false, got {data[flag]!r}")
     strip = data.get("strip_prefixes")
@@ -144,6 +145,7 @@ def rules_from_mapping(value: Any, where: Where) -> TransferRules:
         suffix_match=data.get("suffix_match"),
         class_aware=data.get("class_aware"),
         strip_prefixes=tuple(strip) if strip is not None else None,
+        input_channels=data.get("input_channels"),
     )
 
 
@@ -213,38 +215,8 @@ def family_from_mapping(name: str, value: Any, where: Where) -> FamilySpec:
 
 # --- recipes -----------------------------------------------------------------------------------
 
-STAGE_KEYS = (
-    "name",
-    "epochs",
-    "freeze",
-    "train",
-    "unfreeze_every",
-    "lr",
-    "warmup_epochs",
-    "schedule",
-    "augment",
-    "bn",
-    "ema",
-    "grad_clip",
-    "loss_scales",
-    "early_stop",
-    "drift_guard",
-    "batch_size",
-    "weight_decay",
-)
-RECIPE_KEYS = (
-    "description",
-    "task",
-    "optimizer",
-    "weight_decay",
-    "momentum",
-    "batch_size",
-    "max_lr",
-    "label_smoothing",
-    "granularity",
-    "seed",
-    "stages",
-)
+STAGE_KEYS = spec_keys(Stage)
+RECIPE_KEYS = tuple(key for key in spec_keys(Recipe) if key != "name")  # the table's own key names it
 
 
 def lr_from_value(value: Any, where: Where) -> LrSpec:

@@ -22,7 +22,7 @@ from typing import Any
 import attrs
 import torch
 
-from .errors import CheckpointError
+from .errors import CheckpointError, NonFiniteError
 from .fileio import atomic_save_with, atomic_write_bytes, sha256_file
 from .integrity import FileKind, check_checkpoint_file
 from .paths import display
@@ -280,9 +280,27 @@ def check_finite(state_dict: Mapping[str, torch.Tensor], where: str) -> None:
     bad = nonfinite_tensors(state_dict)
     if bad:
         more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
-        raise CheckpointError(
-            f"{where}: NaN or infinite values in {', '.join(bad[:3])}{more}; use an earlier checkpoint of that run"
+        raise NonFiniteError(
+            f"{where}: NaN or infinite values in {', '.join(bad[:3])}{more}; use an earlier checkpoint of that run",
+            tuple(bad),
         )
+
+
+def training_metadata_warnings(where: str, layout: str, meta: Mapping[str, Any], *, min_epochs: int = 50) -> list[str]:
+    """Seed 000's checks that need no tensor data: required keys, enough training.
+
+    :raises CheckpointError: when a required key is missing.
+    :return: warnings (e.g. trained for fewer than ``min_epochs`` epochs).
+    """
+    if layout != "model_state_dict":
+        raise CheckpointError(f"{where}: a training checkpoint needs 'model_state_dict' (found layout '{layout}')")
+    missing = [key for key in REQUIRED_TRAINING_KEYS[1:] if key not in meta]
+    if missing:
+        raise CheckpointError(f"{where}: missing required key(s) {', '.join(missing)}; save them with the weights")
+    epoch = meta.get("epoch")
+    if isinstance(epoch, (int, float)) and epoch < min_epochs:
+        return [f"{where}: trained for only {epoch} epochs (< {min_epochs}); its features may not be stable yet"]
+    return []
 
 
 def validate_training_checkpoint(checkpoint: Checkpoint, *, min_epochs: int = 50) -> list[str]:
@@ -292,16 +310,8 @@ def validate_training_checkpoint(checkpoint: Checkpoint, *, min_epochs: int = 50
     :return: warnings (e.g. trained for fewer than ``min_epochs`` epochs).
     """
     where = display(checkpoint.path)
-    if checkpoint.layout != "model_state_dict":
-        raise CheckpointError(f"{where}: a training checkpoint needs 'model_state_dict' (found layout '{checkpoint.layout}')")
-    missing = [key for key in REQUIRED_TRAINING_KEYS[1:] if key not in checkpoint.meta]
-    if missing:
-        raise CheckpointError(f"{where}: missing required key(s) {', '.join(missing)}; save them with the weights")
+    warnings = training_metadata_warnings(where, checkpoint.layout, checkpoint.meta, min_epochs=min_epochs)
     check_finite(checkpoint.state_dict, where)
-    warnings = []
-    epoch = checkpoint.meta.get("epoch")
-    if isinstance(epoch, (int, float)) and epoch < min_epochs:
-        warnings.append(f"{where}: trained for only {epoch} epochs (< {min_epochs}); its features may not be stable yet")
     return warnings
 
 

@@ -25,8 +25,10 @@ from typing import Any
 import attrs
 import numpy as np
 
+from .engine.api import finetune
 from .errors import ZooError
 from .fileio import atomic_write_json, atomic_write_text
+from .registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -127,59 +129,67 @@ def _arm(name: str, result: Any, seconds: float, target: float) -> dict[str, Any
     }
 
 
-def run_demo(out: Path | str = "zoo-demo", *, quick: bool = False, seed: int = 0) -> dict[str, Any]:
-    """Run the three arms and write ``demo.json`` (and ``curves.png``); return the summary."""
-    from .engine.api import finetune
-    from .registry import Registry
+@attrs.frozen
+class _Arms:
+    """Runs the demo's arms with the settings they share, timing each."""
 
-    settings = QUICK if quick else FULL
-    out = Path(out)
-    _prepare(out)
-    source_data, target_data = write_datasets(out / "data", settings, seed)
-    common = {"image_size": settings.image_size, "seed": seed, "val_fraction": 0.2}
+    out: Path
+    settings: DemoSettings
+    seed: int
 
-    def timed(*args: Any, **kwargs: Any) -> tuple[Any, float]:
+    def run(self, recipe: str, model: str, data: Path, name: str, **choices: Any) -> tuple[Any, float]:
         started = time.perf_counter()
-        result = finetune(*args, **common, **kwargs)
+        common = {"image_size": self.settings.image_size, "seed": self.seed, "val_fraction": 0.2}
+        result = finetune(recipe, model, data, run_dir=self.out / "runs" / name, **common, **choices)
         return result, time.perf_counter() - started
 
-    log.info("1/3 pretraining %s on digits 0-4", MODEL)
-    pretrain, pretrain_seconds = timed(
-        "from-scratch",
-        MODEL,
-        source_data,
-        run_dir=out / "runs" / "pretrain",
-        pretrained=False,
-        overrides=[f"stages.0.epochs={settings.pretrain_epochs}", f"batch_size={settings.pretrain_batch}", *settings.pretrain_overrides],
-    )
+
+def _register_pretrained(out: Path, checkpoint: Path) -> Path:
+    """The pretrained checkpoint as a registry name, in the demo's own catalog."""
     catalog = out / "zoo.toml"
     atomic_write_text(
         catalog,
         "# written by `zoo demo`: the pretrained checkpoint as a registry name\n"
-        f'[aliases]\n{ALIAS} = {{ target = "file:{pretrain.best_checkpoint.resolve()}", '
+        f'[aliases]\n{ALIAS} = {{ target = "file:{checkpoint.resolve()}", '
         'description = "resnet10t pretrained on digits 0-4 by zoo demo" }\n',
     )
+    return catalog
 
-    stage_overrides = [f"stages.{i}.epochs={epochs}" for i, epochs in enumerate(settings.stage_epochs)]
+
+def _plot(out: Path, transfer: Any, scratch: Any) -> str | None:
+    try:
+        from .plot import plot_runs  # matplotlib is an extra: without it the table still stands
+
+        plot_runs([transfer.run_dir, scratch.run_dir], out / "curves.png", labels=["transfer", "scratch"])
+        return str(out / "curves.png")
+    except ZooError as exc:
+        log.warning("%s", exc)
+        return None
+
+
+def run_demo(out: Path | str = "zoo-demo", *, quick: bool = False, seed: int = 0) -> dict[str, Any]:
+    """Run the three arms and write ``demo.json`` (and ``curves.png``); return the summary."""
+    settings = QUICK if quick else FULL
+    out = Path(out)
+    _prepare(out)
+    source_data, target_data = write_datasets(out / "data", settings, seed)
+    arms = _Arms(out, settings, seed)
+
+    log.info("1/3 pretraining %s on digits 0-4", MODEL)
+    pretrain_overrides = [f"stages.0.epochs={settings.pretrain_epochs}", f"batch_size={settings.pretrain_batch}", *settings.pretrain_overrides]
+    pretrain, pretrain_seconds = arms.run("from-scratch", MODEL, source_data, "pretrain", pretrained=False, overrides=pretrain_overrides)
+    catalog = _register_pretrained(out, pretrain.best_checkpoint)
+
     log.info("2/3 transferring %s to digits 5-9 (%d images per class)", ALIAS, settings.shots)
-    transfer, transfer_seconds = timed(
-        "lightweight-3stage",
-        ALIAS,
-        target_data,
-        run_dir=out / "runs" / "transfer",
-        registry=Registry.load([catalog]),
-        overrides=[*stage_overrides, f"batch_size={settings.transfer_batch}", *settings.transfer_overrides],
+    stage_overrides = [f"stages.{i}.epochs={epochs}" for i, epochs in enumerate(settings.stage_epochs)]
+    transfer_overrides = [*stage_overrides, f"batch_size={settings.transfer_batch}", *settings.transfer_overrides]
+    transfer, transfer_seconds = arms.run(
+        "lightweight-3stage", ALIAS, target_data, "transfer", registry=Registry.load([catalog]), overrides=transfer_overrides
     )
 
     log.info("3/3 training %s from scratch on the same images", MODEL)
-    scratch, scratch_seconds = timed(
-        "from-scratch",
-        MODEL,
-        target_data,
-        run_dir=out / "runs" / "scratch",
-        pretrained=False,
-        overrides=[f"stages.0.epochs={sum(settings.stage_epochs)}", f"batch_size={settings.transfer_batch}", *settings.scratch_overrides],
-    )
+    scratch_overrides = [f"stages.0.epochs={sum(settings.stage_epochs)}", f"batch_size={settings.transfer_batch}", *settings.scratch_overrides]
+    scratch, scratch_seconds = arms.run("from-scratch", MODEL, target_data, "scratch", pretrained=False, overrides=scratch_overrides)
 
     summary = {
         "model": MODEL,
@@ -193,14 +203,7 @@ def run_demo(out: Path | str = "zoo-demo", *, quick: bool = False, seed: int = 0
             _arm("transfer", transfer, transfer_seconds, settings.target_accuracy),
             _arm("scratch", scratch, scratch_seconds, settings.target_accuracy),
         ],
+        "plot": _plot(out, transfer, scratch),
     }
-    try:
-        from .plot import plot_runs
-
-        plot_runs([transfer.run_dir, scratch.run_dir], out / "curves.png", labels=["transfer", "scratch"])
-        summary["plot"] = str(out / "curves.png")
-    except ZooError as exc:  # matplotlib missing: the table still stands
-        summary["plot"] = None
-        log.warning("%s", exc)
     atomic_write_json(out / "demo.json", summary)
     return summary

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import tempfile
 import urllib.error
 import urllib.request
@@ -22,6 +23,14 @@ from .errors import WeightsError
 from .fileio import CHUNK, fsync_dir
 
 log = logging.getLogger(__name__)
+
+HASH_PREFIX = re.compile(r"-([a-f0-9]{6,})\.")  # torch.hub's "name-<sha256 prefix>.ext" convention
+
+
+def published_digest_prefix(filename: str) -> str | None:
+    """The sha256 prefix a torch.hub-style file name publishes (``resnet18-f37072fd.pth``), if any."""
+    match = HASH_PREFIX.search(filename)
+    return match.group(1) if match else None
 
 
 def download(

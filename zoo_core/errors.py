@@ -42,6 +42,14 @@ class CheckpointError(ZooError):
     """A checkpoint file is unsafe, corrupt, truncated or lacks required content."""
 
 
+class NonFiniteError(CheckpointError):
+    """Weights hold NaN or infinite values; ``names`` are the tensors at fault."""
+
+    def __init__(self, message: str, names: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.names = names
+
+
 class TransferError(ZooError):
     """A transfer plan cannot be built or violates its policy."""
 

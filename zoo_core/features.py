@@ -14,9 +14,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from .anatomy import common_prefix, unwrap
 from .errors import ZooError, did_you_mean
 from .freeze import pin_eval
-from .groups import layer_groups, unwrap
+from .groups import layer_groups
+from .models import create_model
+from .registry import Registry, default_registry
 from .specs import Role
 
 POOLS = ("none", "avg", "max")
@@ -28,19 +31,9 @@ def _timm_layers(model: nn.Module) -> list[str]:
 
 def _default_fx_layers(model: nn.Module, registry: Any) -> list[str]:
     """One node per backbone layer group after the stem: its modules' common prefix."""
-    names = []
-    for group in layer_groups(model, registry=registry):
-        if group.role is not Role.BACKBONE or group.name == "stem":
-            continue
-        parts = [param.split(".")[:-1] for param in group.params]
-        prefix = []
-        for level in zip(*parts):
-            if len(set(level)) != 1:
-                break
-            prefix.append(level[0])
-        if prefix:
-            names.append(".".join(prefix))
-    return names
+    groups = layer_groups(model, registry=registry)
+    prefixes = [common_prefix(group.params) for group in groups if group.role is Role.BACKBONE and group.name != "stem"]
+    return [prefix for prefix in prefixes if prefix]
 
 
 class FeatureExtractor(nn.Module):
@@ -56,18 +49,14 @@ class FeatureExtractor(nn.Module):
         pool: str = "none",
         *,
         pretrained: bool = False,
-        registry: Any = None,
+        registry: Registry | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__()
-        from .registry import default_registry
-
         if pool not in POOLS:
             raise ZooError(f"pool must be one of {', '.join(POOLS)}, got {pool!r}")
         registry = registry or default_registry()
         if isinstance(name_or_model, str):
-            from .models import create_model
-
             model = create_model(name_or_model, pretrained=pretrained, registry=registry, **kwargs)
         else:
             model = name_or_model

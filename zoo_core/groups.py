@@ -18,10 +18,10 @@ from typing import Any
 import attrs
 from torch import nn
 
-from .errors import GroupError, did_you_mean
-from .specs import Role
-
-GRANULARITIES = ("coarse", "fine")
+from .anatomy import find_classifier, unwrap
+from .errors import GroupError, ZooError, did_you_mean
+from .registry import Registry, default_registry
+from .specs import FreezeLevel, Granularity, Role, SpecValueError
 
 
 @attrs.frozen
@@ -131,15 +131,13 @@ class LayerGroups(Sequence[LayerGroup]):
                 )
         return [group for group in self._groups if group.name in chosen]
 
-    def frozen_by_level(self, level: int) -> list[LayerGroup]:
+    def frozen_by_level(self, level: FreezeLevel | int) -> list[LayerGroup]:
         """Groups a freeze level freezes: 0 none, 1 the backbone, 2 everything but the heads."""
-        if level == 0:
-            return []
-        if level == 1:
-            return [group for group in self._groups if group.role is Role.BACKBONE]
-        if level == 2:
-            return [group for group in self._groups if group.role is not Role.HEAD]
-        raise GroupError(f"freeze level must be 0 (none), 1 (backbone) or 2 (all but heads), got {level!r}")
+        try:
+            roles = FreezeLevel.parse(level).frozen_roles
+        except SpecValueError as exc:
+            raise GroupError(f"freeze level {exc.message}") from None
+        return [group for group in self._groups if group.role in roles]
 
     def head_distance(self) -> dict[str, int]:
         """How many non-head groups lie between each group and the heads (heads: 0).
@@ -201,13 +199,11 @@ def refine(model: nn.Module, layout: Sequence[tuple[str, Role | str, Sequence[st
     return refined
 
 
-def fallback_groups(model: nn.Module) -> LayerGroups:
+def fallback_groups(model: nn.Module, hook: Any) -> LayerGroups:
     """One group per top-level child that holds parameters; the classifier's child is the head."""
-    from .heads import find_classifier
-
     try:
-        classifier_name = find_classifier(model)[0]
-    except Exception:  # a headless model: everything is backbone
+        classifier_name = find_classifier(model, hook)[0]
+    except ZooError:  # a headless model: everything is backbone
         classifier_name = ""
     head_child = classifier_name.split(".", 1)[0] if classifier_name else None
     direct = [name for name, _ in model.named_parameters(recurse=False)]
@@ -229,55 +225,31 @@ def fallback_groups(model: nn.Module) -> LayerGroups:
 # --- the public entry point --------------------------------------------------------------------------------
 
 
-def _coerce(model: nn.Module, result: Any) -> LayerGroups:
-    if isinstance(result, LayerGroups):
-        return result
-    return LayerGroups.partition(model, result)
-
-
 def layer_groups(
-    model: nn.Module, *, granularity: str = "coarse", registry: Any = None, spec: Any = None
+    model: nn.Module,
+    *,
+    granularity: Granularity | str = Granularity.COARSE,
+    registry: Registry | None = None,
+    spec: Any = None,
 ) -> LayerGroups:
-    """The ordered layer groups of ``model`` (see the module docstring for where they come from)."""
-    from .registry import default_registry
+    """The ordered layer groups of ``model`` (see the module docstring for where they come from).
 
-    if granularity not in GRANULARITIES:
-        raise GroupError(f"granularity must be 'coarse' or 'fine', got {granularity!r}")
-    model = unwrap(model)
+    :param registry: whose plugins answer; the process's default registry when ``None``
+        (plugins always pass the one they were given).
+    """
+    try:
+        granularity = Granularity(granularity)
+    except ValueError:
+        raise GroupError(f"granularity must be 'coarse' or 'fine', got {granularity!r}") from None
     registry = registry or default_registry()
-    result = registry.plugins.hook.zoo_layer_groups(
-        model=model, spec=spec if spec is not None else getattr(model, "zoo_spec", None), granularity=granularity
+    model = unwrap(model)
+    hook = registry.plugins.hook
+    result = hook.zoo_layer_groups(
+        model=model,
+        spec=spec if spec is not None else getattr(model, "zoo_spec", None),
+        granularity=granularity,
+        registry=registry,
     )
-    if result is not None:
-        return _coerce(model, result)
-    from .zoomodel import ZooModel
-
-    if isinstance(model, ZooModel):
-        return zoomodel_groups(model, granularity, registry)
-    return fallback_groups(model)
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The module inside DDP / torch.compile wrappers."""
-    while True:
-        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
-        if not isinstance(inner, nn.Module):
-            return model
-        model = inner
-
-
-def zoomodel_groups(model: Any, granularity: str, registry: Any) -> LayerGroups:
-    """A ZooModel's groups: its backbone's own groups, then the neck, then one group per head."""
-    inner = layer_groups(model.backbone, granularity=granularity, registry=registry)
-    assignments: list[tuple[str, Role, list[str]]] = []
-    for group in inner:
-        # the backbone's own head group (a norm before its removed classifier) is backbone now
-        name = "pre_logits" if group.role is Role.HEAD else group.name
-        assignments.append((name, Role.BACKBONE, [f"backbone.{param}" for param in group.params]))
-    if model.neck is not None:
-        assignments.append(("neck", Role.NECK, [f"neck.{name}" for name, _ in model.neck.named_parameters()]))
-    for head_name, head in model.heads.items():
-        assignments.append((f"heads.{head_name}", Role.HEAD, [f"heads.{head_name}.{n}" for n, _ in head.named_parameters()]))
-    return LayerGroups.partition(model, assignments, what=type(model).__name__)
-
-
+    if result is None:
+        return fallback_groups(model, hook)
+    return result if isinstance(result, LayerGroups) else LayerGroups.partition(model, result)

@@ -9,24 +9,58 @@ listing plugins and names stays fast.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pluggy
+
+if TYPE_CHECKING:  # the real types, without importing torch when plugins are listed
+    from torch import nn
+
+    from .engine.options import RunInfo
+    from .engine.task import Task
+    from .groups import LayerGroups
+    from .registry import Registry
+    from .sources import Source
+    from .specs import FamilySpec, Granularity, InputConfig, Recipe, ResolvedModel, Stage, TransferRules
 
 PROJECT_NAME = "zoo"
 
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 
-Register = Callable[..., None]
+
+# --- what the register callbacks take -------------------------------------------------------
+
+
+class RegisterSource(Protocol):
+    def __call__(self, source: Source, /) -> None: ...
+
+
+class RegisterFamily(Protocol):
+    def __call__(self, family: FamilySpec | Mapping[str, Any], /) -> None: ...
+
+
+class RegisterFactory(Protocol):
+    def __call__(self, name: str, factory: Callable[..., nn.Module] | str, /, description: str = "") -> None: ...
+
+
+class RegisterTask(Protocol):
+    def __call__(self, task: Task, /) -> None: ...
+
+
+class RegisterRecipe(Protocol):
+    def __call__(self, recipe: Recipe | Mapping[str, Any], /) -> None: ...
+
+
+GroupAssignments = Sequence[tuple[str, str, Sequence[str]]]
 
 
 # --- registration -------------------------------------------------------------------------
 
 
 @hookspec
-def zoo_register_sources(register: Register) -> None:
+def zoo_register_sources(register: RegisterSource) -> None:
     """Register backbone sources such as ``timm``, ``torchvision``, ``hf-hub`` or ``file``.
 
     :param register: call ``register(source)`` once per source; ``source`` follows
@@ -38,7 +72,7 @@ def zoo_register_sources(register: Register) -> None:
 
 
 @hookspec
-def zoo_register_tiers(register: Register) -> None:
+def zoo_register_tiers(register: RegisterFamily) -> None:
     """Register tier families (model sizes T1 … Tn with rules that carry weights between them).
 
     :param register: call ``register(family)`` with a :class:`zoo_core.specs.FamilySpec`.
@@ -49,7 +83,7 @@ def zoo_register_tiers(register: Register) -> None:
 
 
 @hookspec
-def zoo_register_heads(register: Register) -> None:
+def zoo_register_heads(register: RegisterFactory) -> None:
     """Register head factories by name (``linear``, ``mlp``, …).
 
     :param register: call ``register(name, factory, description="")`` where ``factory`` is a
@@ -60,7 +94,7 @@ def zoo_register_heads(register: Register) -> None:
 
 
 @hookspec
-def zoo_register_necks(register: Register) -> None:
+def zoo_register_necks(register: RegisterFactory) -> None:
     """Register neck factories by name (modules between backbone and heads).
 
     :param register: call ``register(name, factory, description="")`` where ``factory`` is a
@@ -71,7 +105,7 @@ def zoo_register_necks(register: Register) -> None:
 
 
 @hookspec
-def zoo_register_tasks(register: Register) -> None:
+def zoo_register_tasks(register: RegisterTask) -> None:
     """Register tasks: what is predicted, how data is read, the loss and the metrics.
 
     :param register: call ``register(task)`` with an object following
@@ -81,7 +115,7 @@ def zoo_register_tasks(register: Register) -> None:
 
 
 @hookspec
-def zoo_register_recipes(register: Register) -> None:
+def zoo_register_recipes(register: RegisterRecipe) -> None:
     """Register fine-tune recipes.
 
     :param register: call ``register(recipe)`` with a :class:`zoo_core.specs.Recipe` or a
@@ -95,7 +129,9 @@ def zoo_register_recipes(register: Register) -> None:
 
 
 @hookspec(firstresult=True)
-def zoo_layer_groups(model: Any, spec: Any, granularity: str) -> Any:
+def zoo_layer_groups(
+    model: nn.Module, spec: ResolvedModel | None, granularity: Granularity, registry: Registry
+) -> LayerGroups | GroupAssignments | None:
     """Return the ordered layer groups of ``model``, or ``None`` to let another plugin answer.
 
     Stops at first non-None result. Zoo's own implementations (timm ``group_matcher``,
@@ -104,16 +140,74 @@ def zoo_layer_groups(model: Any, spec: Any, granularity: str) -> Any:
 
     :param model: the ``torch.nn.Module`` to partition.
     :param spec: the :class:`zoo_core.specs.ResolvedModel` it was built from, or ``None``.
-    :param granularity: ``"coarse"`` (stem, stages, head) or ``"fine"`` (one group per block,
-        as timm's layer decay uses); implementations may ignore it.
+    :param granularity: :class:`zoo_core.specs.Granularity` (a ``str`` enum): ``"coarse"``
+        (stem, stages, head) or ``"fine"`` (one group per block, as timm's layer decay uses);
+        implementations may ignore it.
+    :param registry: the registry in use, to ask for the groups of a part
+        (``zoo_core.groups.layer_groups(model.backbone, registry=registry)``); never reach for
+        a process-wide default instead.
     :return: a :class:`zoo_core.groups.LayerGroups`, or a sequence of
         ``(group_name, role, [parameter names])`` tuples ordered from input to output, where
         role is ``"backbone"``, ``"neck"`` or ``"head"``; ``None`` to pass.
     """
 
 
+@hookspec(firstresult=True)
+def zoo_classifier(model: nn.Module) -> tuple[str, nn.Module] | None:
+    """Return the layer of ``model`` that produces its class scores, or ``None`` to pass.
+
+    Stops at first non-None result. The timm plugin answers with ``get_classifier()``, Zoo's
+    own plugin with a ZooModel's primary head (both ``trylast``); without an answer, core takes
+    the last ``nn.Linear`` (or 1x1 convolution) in the module tree.
+
+    :param model: the model (unwrapped from DDP and ``torch.compile``).
+    :return: ``(dotted module name, module)``; raise :class:`zoo_core.errors.ZooError` when the
+        model's classifier was removed (``nn.Identity``).
+    """
+
+
+@hookspec(firstresult=True)
+def zoo_reset_classifier(model: nn.Module, num_classes: int) -> nn.Module | None:
+    """Replace the classifier of ``model`` with a fresh one of ``num_classes`` outputs.
+
+    Stops at first non-None result. The timm plugin calls timm's ``reset_classifier`` so the
+    model's ``num_classes`` and config stay in step; without an answer, core swaps the module
+    found by :func:`zoo_classifier` for a new ``nn.Linear``.
+
+    :param model: the model to change in place.
+    :param num_classes: outputs of the new classifier; ``0`` removes it, so that the model
+        returns the features its classifier consumed.
+    :return: the new classifier module (``nn.Identity`` for 0), or ``None`` to pass.
+    """
+
+
+@hookspec(firstresult=True)
+def zoo_input_config(model: nn.Module) -> InputConfig | None:
+    """Return how inputs to ``model`` are prepared: size, channels, mean, std, crop fraction.
+
+    Stops at first non-None result. The timm plugin reads the model's ``pretrained_cfg``;
+    without an answer, core uses ImageNet statistics at 224 px with the first convolution's
+    input channels.
+
+    :param model: the model (a ZooModel's backbone is asked for a ZooModel).
+    :return: a :class:`zoo_core.specs.InputConfig`, or ``None`` to pass.
+    """
+
+
+@hookspec(firstresult=True)
+def zoo_head_dropout(model: nn.Module) -> float | None:
+    """Return the dropout ``model`` applies before its classifier without a module for it.
+
+    Stops at first non-None result. timm applies ``drop_rate`` functionally, so no module in
+    the tree shows it; the feature cache must know, because cached features would skip it.
+
+    :param model: the model.
+    :return: the dropout probability (``0.0`` for none), or ``None`` to pass.
+    """
+
+
 @hookspec
-def zoo_transfer_rules(source: Any, target: Any) -> Any:
+def zoo_transfer_rules(source: ResolvedModel | None, target: ResolvedModel) -> TransferRules | None:
     """Contribute rules for carrying weights from ``source`` into ``target``.
 
     All non-None results are merged, in hook call order, after registry and before CLI rules.
@@ -127,7 +221,7 @@ def zoo_transfer_rules(source: Any, target: Any) -> Any:
 
 
 @hookspec(firstresult=True)
-def zoo_unfreeze_schedule(recipe: Any, groups: Any) -> Any:
+def zoo_unfreeze_schedule(recipe: Recipe, groups: LayerGroups) -> Callable[[int, int], frozenset[str]] | None:
     """Return which groups train in each epoch of each stage.
 
     Stops at first non-None result. The built-in implementation (``trylast``) reads each
@@ -144,10 +238,10 @@ def zoo_unfreeze_schedule(recipe: Any, groups: Any) -> Any:
 
 
 @hookspec
-def zoo_on_stage_start(run: Any, stage_index: int, stage: Any) -> None:
+def zoo_on_stage_start(run: RunInfo, stage_index: int, stage: Stage) -> None:
     """Called on every process before the first epoch of a stage.
 
-    :param run: the :class:`zoo_core.engine.run.RunInfo` of the run (run folder, recipe,
+    :param run: the :class:`zoo_core.engine.options.RunInfo` of the run (run folder, recipe,
         model name, rank).
     :param stage_index: index of the stage in the recipe, from 0.
     :param stage: the :class:`zoo_core.specs.Stage` about to run.
@@ -156,10 +250,10 @@ def zoo_on_stage_start(run: Any, stage_index: int, stage: Any) -> None:
 
 
 @hookspec
-def zoo_on_epoch_end(run: Any, epoch: int, metrics: Mapping[str, float]) -> None:
+def zoo_on_epoch_end(run: RunInfo, epoch: int, metrics: Mapping[str, Any]) -> None:
     """Called on every process after validation at the end of each epoch.
 
-    :param run: the :class:`zoo_core.engine.run.RunInfo` of the run.
+    :param run: the :class:`zoo_core.engine.options.RunInfo` of the run.
     :param epoch: global epoch index, from 0.
     :param metrics: the row written to ``metrics.jsonl`` (losses, metrics, learning rates).
     :return: nothing.
@@ -167,10 +261,10 @@ def zoo_on_epoch_end(run: Any, epoch: int, metrics: Mapping[str, float]) -> None
 
 
 @hookspec
-def zoo_on_stage_end(run: Any, stage_index: int, stage: Any, metrics: Mapping[str, float]) -> None:
+def zoo_on_stage_end(run: RunInfo, stage_index: int, stage: Stage, metrics: Mapping[str, Any]) -> None:
     """Called on every process when a stage finishes (all epochs run, or stopped early).
 
-    :param run: the :class:`zoo_core.engine.run.RunInfo` of the run.
+    :param run: the :class:`zoo_core.engine.options.RunInfo` of the run.
     :param stage_index: index of the stage that ended.
     :param stage: the :class:`zoo_core.specs.Stage` that ended.
     :param metrics: the last epoch's metrics row.
@@ -179,10 +273,10 @@ def zoo_on_stage_end(run: Any, stage_index: int, stage: Any, metrics: Mapping[st
 
 
 @hookspec
-def zoo_on_checkpoint_saved(run: Any, path: str, kind: str) -> None:
+def zoo_on_checkpoint_saved(run: RunInfo, path: str, kind: str) -> None:
     """Called on the saving process (rank 0) after a checkpoint is written atomically.
 
-    :param run: the :class:`zoo_core.engine.run.RunInfo` of the run.
+    :param run: the :class:`zoo_core.engine.options.RunInfo` of the run.
     :param path: the checkpoint file.
     :param kind: ``"last"``, ``"best"`` or ``"stage"``.
     :return: nothing.

@@ -27,6 +27,14 @@ def zoo_home() -> Path:
     return _env_path("ZOO_HOME") or _xdg_cache() / "zoo"
 
 
+WORKER_REPORTS_ENV = "ZOO_WORKER_REPORTS"  # set by ``zoo finetune --nproc`` for its workers
+
+
+def worker_reports() -> Path | None:
+    """The folder where a ``--nproc`` worker leaves its error line for the launcher; ``None`` outside one."""
+    return _env_path(WORKER_REPORTS_ENV)
+
+
 def is_offline() -> bool:
     """True when ``ZOO_OFFLINE`` or ``HF_HUB_OFFLINE`` is set to a true value."""
     return any(os.environ.get(name, "").strip().lower() in _TRUE for name in ("ZOO_OFFLINE", "HF_HUB_OFFLINE"))

@@ -100,28 +100,27 @@ def _accept_factory(name: str, factory: Any, description: str = "") -> tuple[str
     return name, Factory(name, factory, description)
 
 
-def _accept_family(value: Any) -> tuple[str, FamilySpec]:
-    if isinstance(value, Mapping):
-        data = dict(value)
-        name = data.pop("name", None)
-        if not isinstance(name, str):
-            raise ValueError("a family mapping needs a 'name'")
-        value = family_from_mapping(name, data, Where("plugin", f"families.{name}"))
-    if not isinstance(value, FamilySpec):
-        raise ValueError(f"expected a FamilySpec or mapping, got {type(value).__name__}")
-    return value.name, value
+def _accept_spec(
+    spec_type: type, from_mapping: Callable[[str, Any, Where], Any], kind: str, section: str
+) -> Callable[[Any], tuple[str, Any]]:
+    """A ``register`` validator for specs that plugins may also give as catalog-style mappings."""
+
+    def accept(value: Any) -> tuple[str, Any]:
+        if isinstance(value, Mapping):
+            data = dict(value)
+            name = data.pop("name", None)
+            if not isinstance(name, str):
+                raise ValueError(f"a {kind} mapping needs a 'name'")
+            value = from_mapping(name, data, Where("plugin", f"{section}.{name}"))
+        if not isinstance(value, spec_type):
+            raise ValueError(f"expected a {spec_type.__name__} or mapping, got {type(value).__name__}")
+        return value.name, value
+
+    return accept
 
 
-def _accept_recipe(value: Any) -> tuple[str, Recipe]:
-    if isinstance(value, Mapping):
-        data = dict(value)
-        name = data.pop("name", None)
-        if not isinstance(name, str):
-            raise ValueError("a recipe mapping needs a 'name'")
-        value = recipe_from_mapping(name, data, Where("plugin", f"recipes.{name}"))
-    if not isinstance(value, Recipe):
-        raise ValueError(f"expected a Recipe or mapping, got {type(value).__name__}")
-    return value.name, value
+_accept_family = _accept_spec(FamilySpec, family_from_mapping, "family", "families")
+_accept_recipe = _accept_spec(Recipe, recipe_from_mapping, "recipe", "recipes")
 
 
 class Registry:

@@ -78,6 +78,94 @@ class Optimizer(enum.Enum):
     SGD = "sgd"
 
 
+class FreezeLevel(enum.IntEnum):
+    """MultiGridDet's freeze levels: what a stage leaves frozen (and so, what trains)."""
+
+    NONE = 0  # nothing frozen: every group trains
+    BACKBONE = 1  # the backbone frozen: neck and heads train
+    ALL_BUT_HEADS = 2  # everything frozen but the heads
+
+    @property
+    def frozen_roles(self) -> frozenset[Role]:
+        return {
+            FreezeLevel.NONE: frozenset(),
+            FreezeLevel.BACKBONE: frozenset({Role.BACKBONE}),
+            FreezeLevel.ALL_BUT_HEADS: frozenset({Role.BACKBONE, Role.NECK}),
+        }[self]
+
+    @property
+    def trains(self) -> str:
+        """What trains, in words (``zoo recipes``)."""
+        return {FreezeLevel.NONE: "all", FreezeLevel.BACKBONE: "all but backbone", FreezeLevel.ALL_BUT_HEADS: "heads"}[self]
+
+    @classmethod
+    def parse(cls, value: Any, attribute: str = "freeze") -> FreezeLevel:
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, int) and not isinstance(value, bool) and value in (0, 1, 2):
+            return cls(value)
+        raise SpecValueError(attribute, f"must be 0 (none), 1 (backbone) or 2 (all but heads), got {value!r}")
+
+
+class Granularity(str, enum.Enum):
+    """How finely layer groups split a backbone (a ``str`` enum: plugins may compare with text)."""
+
+    COARSE = "coarse"  # stem, stages, head
+    FINE = "fine"  # one group per block, as timm's layer decay uses
+
+
+class MonitorMode(str, enum.Enum):
+    """Whether a monitored metric improves downwards (a loss) or upwards (an accuracy)."""
+
+    MIN = "min"
+    MAX = "max"
+
+    def improves(self, value: float, best: float | None, min_delta: float = 0.0) -> bool:
+        """``value`` beats ``best`` by more than ``min_delta`` (anything beats no best yet)."""
+        if best is None:
+            return True
+        return value < best - min_delta if self is MonitorMode.MIN else value > best + min_delta
+
+
+# --- plain data out of specs ---------------------------------------------------------------------
+
+OMIT_EMPTY = {"omit_empty": True}  # field metadata: left out of to_plain when empty
+NOT_SERIALISED = {"serialise": False}  # field metadata: never written (e.g. where a spec came from)
+
+
+def to_plain(value: Any, *, keep_none: bool = False) -> Any:
+    """JSON-ready data from a spec: attrs fields in order, enums as their values, tuples as lists.
+
+    Fields whose value is ``None`` are left out unless ``keep_none``; a spec class with its own
+    ``to_plain`` method (a union such as :class:`LrSpec`) answers for itself.
+    """
+    custom = getattr(type(value), "to_plain", None)
+    if custom is not None and attrs.has(type(value)):
+        return custom(value)
+    if attrs.has(type(value)):
+        data = {}
+        for field in attrs.fields(type(value)):
+            item = getattr(value, field.name)
+            if not field.metadata.get("serialise", True) or (item is None and not keep_none):
+                continue
+            if field.metadata.get("omit_empty") and not item:
+                continue
+            data[field.name] = to_plain(item, keep_none=keep_none)
+        return data
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, Mapping):
+        return {key: to_plain(item, keep_none=keep_none) for key, item in value.items()}
+    if isinstance(value, (tuple, list)):
+        return [to_plain(item, keep_none=keep_none) for item in value]
+    return value
+
+
+def spec_keys(spec: type) -> tuple[str, ...]:
+    """The keys a catalog table for ``spec`` may hold: its serialised attrs fields."""
+    return tuple(field.name for field in attrs.fields(spec) if field.metadata.get("serialise", True))
+
+
 # --- validators and converters --------------------------------------------------------------
 
 
@@ -86,13 +174,18 @@ def _freeze_mapping(value: Mapping[str, Any] | None) -> dict[str, Any]:
     return dict(value or {})
 
 
+def _is_number(value: Any) -> bool:
+    """An int or a float; ``True`` is an int to Python but never a number in a recipe."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _positive(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if value is not None and not (isinstance(value, (int, float)) and value > 0):
+    if value is not None and not (_is_number(value) and value > 0):
         raise SpecValueError(attribute.name, f"must be > 0, got {value!r}")
 
 
 def _non_negative(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if value is not None and not (isinstance(value, (int, float)) and value >= 0):
+    if value is not None and not (_is_number(value) and value >= 0):
         raise SpecValueError(attribute.name, f"must be >= 0, got {value!r}")
 
 
@@ -102,16 +195,10 @@ def _positive_int(instance: Any, attribute: attrs.Attribute, value: Any) -> None
 
 
 def _fraction(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if value is not None and not (isinstance(value, (int, float)) and 0 <= value <= 1):
+    if value is not None and not (_is_number(value) and 0 <= value <= 1):
         raise SpecValueError(attribute.name, f"must be between 0 and 1, got {value!r}")
 
 
-def _one_of(*choices: str):
-    def check(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-        if value not in choices:
-            raise SpecValueError(attribute.name, f"must be one of {', '.join(map(repr, choices))}, got {value!r}")
-
-    return check
 
 
 def _whole_number(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
@@ -245,6 +332,7 @@ class TransferRules:
     suffix_match: bool | None = None
     class_aware: bool | None = None
     strip_prefixes: tuple[str, ...] | None = None
+    input_channels: bool | None = None  # adapt the first convolution to the target's input channels
 
     def merged(self, later: TransferRules | None) -> TransferRules:
         """Combine with ``later``: lists concatenate, later scalar choices win."""
@@ -258,18 +346,11 @@ class TransferRules:
             suffix_match=later.suffix_match if later.suffix_match is not None else self.suffix_match,
             class_aware=later.class_aware if later.class_aware is not None else self.class_aware,
             strip_prefixes=later.strip_prefixes if later.strip_prefixes is not None else self.strip_prefixes,
+            input_channels=later.input_channels if later.input_channels is not None else self.input_channels,
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "include": list(self.include),
-            "exclude": list(self.exclude),
-            "rename": [list(pair) for pair in self.rename],
-            "shape": self.shape.value if self.shape else None,
-            "suffix_match": self.suffix_match,
-            "class_aware": self.class_aware,
-            "strip_prefixes": list(self.strip_prefixes) if self.strip_prefixes is not None else None,
-        }
+        return to_plain(self, keep_none=True)
 
 
 DEFAULT_TIER_BUILDER = "zoo_core.zoomodel:build_tier"
@@ -363,7 +444,8 @@ class LrSpec:
             return self.base
         return max(self.per_group.values())
 
-    def to_dict(self) -> float | dict[str, float]:
+    def to_plain(self) -> float | dict[str, float]:
+        """The catalog's own spelling: a number, a ``{group = lr}`` table or ``{base, decay}``."""
         if self.value is not None:
             return self.value
         if self.base is not None:
@@ -376,7 +458,7 @@ class EarlyStop:
     """Stop the stage when ``monitor`` has not improved for ``patience`` epochs."""
 
     monitor: str = "val_loss"
-    mode: str = attrs.field(default="min", validator=_one_of("min", "max"))
+    mode: MonitorMode = attrs.field(default=MonitorMode.MIN, converter=_enum_converter(MonitorMode, "mode"))
     patience: int = attrs.field(default=3, validator=_positive_int)
     min_delta: float = attrs.field(default=0.0, validator=_non_negative)
 
@@ -398,7 +480,7 @@ class Stage:
     epochs: int = attrs.field(validator=_positive_int)
     lr: LrSpec
     name: str = ""
-    freeze: int | None = attrs.field(default=None)
+    freeze: FreezeLevel | None = attrs.field(default=None, converter=lambda value: None if value is None else FreezeLevel.parse(value))
     train: tuple[str, ...] | None = attrs.field(default=None)
     unfreeze_every: int | None = attrs.field(default=None, validator=_positive_int)
     warmup_epochs: float = attrs.field(default=0.0, validator=_non_negative)
@@ -407,16 +489,11 @@ class Stage:
     bn: BnMode = attrs.field(default=BnMode.FROZEN, converter=_enum_converter(BnMode, "bn"))
     ema: float | None = attrs.field(default=None, converter=lambda value: None if value in (0, False) else value)
     grad_clip: float | None = attrs.field(default=None, validator=_positive)
-    loss_scales: Mapping[str, float] = attrs.field(factory=dict, converter=_freeze_mapping)
+    loss_scales: Mapping[str, float] = attrs.field(factory=dict, converter=_freeze_mapping, metadata=OMIT_EMPTY)
     early_stop: EarlyStop | None = None
     drift_guard: DriftGuard | None = None
     batch_size: int | None = attrs.field(default=None, validator=_positive_int)
     weight_decay: float | None = attrs.field(default=None, validator=_non_negative)
-
-    @freeze.validator
-    def _check_freeze(self, attribute: attrs.Attribute, value: int | None) -> None:
-        if value is not None and value not in (0, 1, 2):
-            raise SpecValueError("freeze", f"must be 0 (none), 1 (backbone) or 2 (all but heads), got {value!r}")
 
     @ema.validator
     def _check_ema(self, attribute: attrs.Attribute, value: float | None) -> None:
@@ -426,7 +503,7 @@ class Stage:
     @loss_scales.validator
     def _check_scales(self, attribute: attrs.Attribute, value: Mapping[str, float]) -> None:
         for key, scale in value.items():
-            if not (isinstance(scale, (int, float)) and scale >= 0):
+            if not (_is_number(scale) and scale >= 0):
                 raise SpecValueError(f"loss_scales.{key}", f"must be >= 0, got {scale!r}")
 
     def __attrs_post_init__(self) -> None:
@@ -438,35 +515,7 @@ class Stage:
             raise SpecValueError("lr.decay", f"divides the rate per group and must be >= 1, got {self.lr.decay}")
 
     def to_dict(self) -> dict[str, Any]:
-        data: dict[str, Any] = {"name": self.name, "epochs": self.epochs, "lr": self.lr.to_dict()}
-        if self.freeze is not None:
-            data["freeze"] = self.freeze
-        if self.train is not None:
-            data["train"] = list(self.train)
-        if self.unfreeze_every is not None:
-            data["unfreeze_every"] = self.unfreeze_every
-        data.update(
-            warmup_epochs=self.warmup_epochs,
-            schedule=self.schedule.value,
-            augment=dict(self.augment),
-            bn=self.bn.value,
-        )
-        for key in ("ema", "grad_clip", "batch_size", "weight_decay"):
-            if getattr(self, key) is not None:
-                data[key] = getattr(self, key)
-        if self.loss_scales:
-            data["loss_scales"] = dict(self.loss_scales)
-        if self.early_stop is not None:
-            data["early_stop"] = attrs.asdict(self.early_stop)
-        if self.drift_guard is not None:
-            guard = self.drift_guard
-            data["drift_guard"] = {
-                "band": guard.band,
-                "action": guard.action.value,
-                "watch": guard.watch.value,
-                "components": list(guard.components),
-            }
-        return data
+        return to_plain(self)
 
 
 @attrs.frozen
@@ -483,9 +532,9 @@ class Recipe:
     batch_size: int = attrs.field(default=32, validator=_positive_int)
     max_lr: float | None = attrs.field(default=None, validator=_positive)
     label_smoothing: float = attrs.field(default=0.0, validator=_fraction)
-    granularity: str = attrs.field(default="coarse", validator=_one_of("coarse", "fine"))
+    granularity: Granularity = attrs.field(default=Granularity.COARSE, converter=_enum_converter(Granularity, "granularity"))
     seed: int = attrs.field(default=0, validator=_whole_number)
-    origin: Origin = BUILTIN
+    origin: Origin = attrs.field(default=BUILTIN, metadata=NOT_SERIALISED)
 
     def __attrs_post_init__(self) -> None:
         if not self.stages:
@@ -503,23 +552,7 @@ class Recipe:
         return sum(stage.epochs for stage in self.stages)
 
     def to_dict(self) -> dict[str, Any]:
-        data: dict[str, Any] = {
-            "name": self.name,
-            "description": self.description,
-            "optimizer": self.optimizer.value,
-            "weight_decay": self.weight_decay,
-            "momentum": self.momentum,
-            "batch_size": self.batch_size,
-            "label_smoothing": self.label_smoothing,
-            "granularity": self.granularity,
-            "seed": self.seed,
-            "stages": [stage.to_dict() for stage in self.stages],
-        }
-        if self.task is not None:
-            data["task"] = self.task
-        if self.max_lr is not None:
-            data["max_lr"] = self.max_lr
-        return data
+        return to_plain(self)
 
 
 # --- resolution results ------------------------------------------------------------------------
@@ -586,3 +619,37 @@ class ResolvedModel:
                 if value is not None
             }
         return data
+
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _floats(value: Any) -> tuple[float, ...]:
+    return tuple(float(item) for item in value)
+
+
+@attrs.frozen
+class InputConfig:
+    """How images are prepared for a model: timm's data config, the part Zoo uses."""
+
+    size: int = attrs.field(default=224, validator=_positive_int)
+    channels: int = attrs.field(default=3, validator=_positive_int)
+    mean: tuple[float, ...] = attrs.field(default=IMAGENET_MEAN, converter=_floats)
+    std: tuple[float, ...] = attrs.field(default=IMAGENET_STD, converter=_floats)
+    crop_pct: float = attrs.field(default=0.875, validator=_fraction)
+    interpolation: str = "bilinear"
+
+    def __attrs_post_init__(self) -> None:
+        if len(self.mean) != len(self.std):
+            raise SpecValueError("std", f"has {len(self.std)} values for {len(self.mean)} means")
+
+    def for_channels(self, channels: int) -> InputConfig:
+        """The same config for ``channels`` inputs: statistics averaged when the counts differ."""
+        if len(self.mean) == channels:
+            return attrs.evolve(self, channels=channels)
+        mean, std = sum(self.mean) / len(self.mean), sum(self.std) / len(self.std)
+        return attrs.evolve(self, channels=channels, mean=(mean,) * channels, std=(std,) * channels)
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_plain(self)

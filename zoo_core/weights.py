@@ -26,7 +26,7 @@ from typing import Any
 
 import attrs
 
-from . import paths
+from . import hub, paths
 from .download import download
 from .errors import OfflineError, WeightsError
 from .fileio import atomic_save_with, atomic_write_json, sha256_file
@@ -106,15 +106,6 @@ class LocatedFile:
         }
 
 
-def _hf_cached(spec: WeightsFile, revision: str | None) -> Path | None:
-    from huggingface_hub import try_to_load_from_cache
-
-    found = try_to_load_from_cache(
-        spec.repo_id, spec.filename, cache_dir=str(paths.hf_hub_cache()), revision=revision or spec.revision or "main"
-    )
-    return Path(found) if isinstance(found, str) else None
-
-
 def _default_location(spec: WeightsFile) -> Path:
     """Where a URL download goes: the store for digest-pinned files, else TORCH_HOME."""
     if spec.sha256:
@@ -127,7 +118,7 @@ def _candidates(spec: WeightsFile, pinned: LockedFile | None, revision: str | No
     if pinned is not None:
         found.append(store_path(pinned.sha256, spec.filename))
     if spec.kind is LocationKind.HF:
-        cached = _hf_cached(spec, revision)
+        cached = hub.cached(spec.repo_id, spec.filename, revision or spec.revision)
         if cached is not None:
             found.append(cached)
     elif spec.kind is LocationKind.URL:
@@ -179,45 +170,12 @@ def _download_file(name: str, spec: WeightsFile, pinned: LockedFile | None, revi
 
 
 def _download_hf(name: str, spec: WeightsFile, pinned: LockedFile | None, revision: str | None) -> LocatedFile:
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
-
-    from . import network
-
-    endpoint = network.hf_endpoint()
-    network.require_reachable(endpoint, name=name, what=f"{spec.repo_id}/{spec.filename}")
-    try:
-        with network.hf_retries_at_debug():
-            found = Path(
-                hf_hub_download(
-                    spec.repo_id,
-                    spec.filename,
-                    revision=revision or spec.revision,
-                    cache_dir=str(paths.hf_hub_cache()),
-                    endpoint=endpoint,
-                )
-            )
-    except (HfHubHTTPError, LocalEntryNotFoundError, OSError, ValueError) as exc:
-        raise WeightsError(f"{name}: cannot download {spec.repo_id}/{spec.filename}: {str(exc).splitlines()[0]}") from None
+    found = hub.download(spec.repo_id, spec.filename, revision or spec.revision, name=name)
     try:
         return _verify(name, spec, found, pinned)
     except WeightsError:
-        _discard_hf_file(found)
+        hub.discard(found)
         raise
-
-
-def _discard_hf_file(snapshot_file: Path) -> None:
-    """Remove a verified-bad hub file: its snapshot link and the blob it points to."""
-    blob = snapshot_file.resolve()
-    snapshot_file.unlink(missing_ok=True)
-    if blob != snapshot_file:
-        blob.unlink(missing_ok=True)
-
-
-def hf_revision_of(path: Path) -> str | None:
-    """The commit a hub-cache file belongs to (``…/snapshots/<commit>/file``)."""
-    parent = path.parent
-    return parent.name if parent.parent.name == "snapshots" else None
 
 
 # --- a model's files ---------------------------------------------------------------------------------
@@ -246,8 +204,8 @@ def model_files(resolved: ResolvedModel, lock: LockFile | None = None) -> list[t
         ]
     if resolved.weights is None:
         raise WeightsError(
-            f"{resolved.requested or resolved.name} has no pretrained weights; use pretrained=False, "
-            f"or register a file with `zoo import {resolved.name} FILE`"
+            f"{resolved.requested or resolved.name} has no pretrained weights; start from random weights "
+            f"(--no-pretrained, or pretrained=False in Python), or register a file with `zoo import {resolved.name} FILE`"
         )
     specs = [resolved.weights, *resolved.companions]
     return [(spec, entry.file(spec.filename) if entry else None) for spec in specs]
@@ -338,7 +296,7 @@ def pull(resolved: ResolvedModel, lock: LockFile | None = None) -> LockEntry:
     revision = resolved.revision
     for item in located:
         if item.spec.kind is LocationKind.HF:
-            revision = hf_revision_of(item.path) or revision
+            revision = hub.revision_of(item.path) or revision
     previous = lock.get(resolved.name)
     entry = LockEntry(
         name=resolved.name,
@@ -360,19 +318,13 @@ def pull(resolved: ResolvedModel, lock: LockFile | None = None) -> LockEntry:
     return entry
 
 
-def import_file(resolved: ResolvedModel, file: Path, lock: LockFile | None = None, registry: Any = None) -> LockEntry:
-    """Register a local weights file for ``resolved`` (air-gapped machines) and pin it.
+def import_file(resolved: ResolvedModel, file: Path, lock: LockFile | None = None) -> LockEntry:
+    """Copy a local weights file into Zoo's store under its digest and pin it for ``resolved``.
 
-    The file is read safely first (it must hold tensors), copied into Zoo's store under its
-    digest, and pinned in the lock with ``method = "import"``.
+    Storage only: whether the file holds weights of this model is checked by the caller
+    (:func:`zoo_core.plans.import_weights`) before anything is stored.
     """
-    from .checkpoint import read_tensor_info
-
     file = Path(file)
-    if not file.is_file():
-        raise WeightsError(f"{file}: no such file to import")
-    read_tensor_info(file)  # refuses unsafe, corrupt or tensor-less files with a clear message
-    _check_fits(resolved, file, registry)
     lock = lock or LockFile.read()
     digest = sha256_file(file)
     destination = store_path(digest, file.name)
@@ -388,25 +340,6 @@ def import_file(resolved: ResolvedModel, file: Path, lock: LockFile | None = Non
     )
     lock.pin(entry)
     return entry
-
-
-def _check_fits(resolved: ResolvedModel, file: Path, registry: Any = None) -> None:
-    """Refuse a file whose tensors do not cover the model's backbone (weights of another model)."""
-    from .models import build_skeleton
-    from .registry import default_registry
-    from .specs import TransferRules
-    from .transfer import plan_transfer
-
-    registry = registry or default_registry()
-    skeleton = build_skeleton(resolved, registry=registry, num_classes=resolved.num_classes or (1 if resolved.tier else None))
-    plan = plan_transfer(file, skeleton, rules=TransferRules(suffix_match=False), registry=registry)
-    covered = plan.coverage_of("backbone")
-    if covered < 1.0:
-        missing = [entry.target for entry in plan.entries if entry.role == "backbone" and entry.action.value == "new"]
-        raise WeightsError(
-            f"{file}: does not hold weights for {resolved.name}: only {covered:.0%} of its backbone is covered "
-            f"(e.g. {', '.join(missing[:3])} have no matching tensor); check that the file belongs to this model"
-        )
 
 
 def pinned_revision(name: str) -> str | None:

@@ -14,7 +14,11 @@ import torch
 from torch import nn
 
 from .errors import ZooError
-from .specs import TierSpec
+from .groups import LayerGroups, layer_groups
+from .heads import strip_classifier
+from .models import create_model
+from .registry import Registry
+from .specs import Granularity, Role, TierSpec
 
 
 class ZooModel(nn.Module):
@@ -84,16 +88,13 @@ def mlp_neck(in_features: int, **options: Any) -> nn.Module:
     return MlpNeck(in_features, **options)
 
 
-def build_backbone(name: str, *, registry: Any, pretrained: bool = False, **kwargs: Any) -> tuple[nn.Module, int]:
+def build_backbone(name: str, *, registry: Registry, pretrained: bool = False, **kwargs: Any) -> tuple[nn.Module, int]:
     """A registry model without its classifier, and the width of the features it returns."""
-    from .heads import strip_classifier
-    from .models import create_model
-
     backbone = create_model(name, pretrained=pretrained, registry=registry, **kwargs)
-    return backbone, strip_classifier(backbone)
+    return backbone, strip_classifier(backbone, registry)
 
 
-def build_heads(tier: TierSpec, width: int, num_classes: int | None, registry: Any) -> dict[str, nn.Module]:
+def build_heads(tier: TierSpec, width: int, num_classes: int | None, registry: Registry) -> dict[str, nn.Module]:
     heads = {}
     for head_name, head in tier.heads.items():
         out = head.out or num_classes or tier.num_classes
@@ -104,19 +105,38 @@ def build_heads(tier: TierSpec, width: int, num_classes: int | None, registry: A
     return heads
 
 
-def build_tier(tier: TierSpec, *, registry: Any, num_classes: int | None = None, **kwargs: Any) -> ZooModel:
+def build_tier(
+    tier: TierSpec, *, registry: Registry, num_classes: int | None = None, pretrained_backbone: bool = False, **kwargs: Any
+) -> ZooModel:
     """The default tier builder: registry backbone, registered neck and head factories.
 
-    ``params.pretrained_backbone`` loads the backbone's own pretrained weights;
+    A family's builder takes the tier, ``registry``, ``num_classes``, ``pretrained_backbone``
+    (start the backbone from its own pretrained weights: a tier without weights of its own,
+    built with ``pretrained=True``) and constructor arguments for the backbone (``in_chans`` …).
+    ``params.pretrained_backbone`` asks for the backbone's weights always;
     ``params.backbone_args`` are passed to the backbone's constructor.
     """
     backbone_args = dict(tier.params.get("backbone_args", {}))
     backbone_args.update(kwargs)
-    backbone, width = build_backbone(
-        tier.backbone, registry=registry, pretrained=bool(tier.params.get("pretrained_backbone", False)), **backbone_args
-    )
+    pretrained = pretrained_backbone or bool(tier.params.get("pretrained_backbone", False))
+    backbone, width = build_backbone(tier.backbone, registry=registry, pretrained=pretrained, **backbone_args)
     neck = None
     if tier.neck is not None:
         neck = registry.factory("neck", tier.neck.kind).load()(width, **tier.neck.options)
         width = int(neck.out_features)
     return ZooModel(backbone, build_heads(tier, width, num_classes, registry), neck, feature_dim=width)
+
+
+def zoomodel_groups(model: ZooModel, granularity: Granularity, registry: Registry) -> LayerGroups:
+    """A ZooModel's groups: its backbone's own groups, then the neck, then one group per head."""
+    inner = layer_groups(model.backbone, granularity=granularity, registry=registry)
+    assignments: list[tuple[str, Role, list[str]]] = []
+    for group in inner:
+        # the backbone's own head group (a norm before its removed classifier) is backbone now
+        name = "pre_logits" if group.role is Role.HEAD else group.name
+        assignments.append((name, Role.BACKBONE, [f"backbone.{param}" for param in group.params]))
+    if model.neck is not None:
+        assignments.append(("neck", Role.NECK, [f"neck.{name}" for name, _ in model.neck.named_parameters()]))
+    for head_name, head in model.heads.items():
+        assignments.append((f"heads.{head_name}", Role.HEAD, [f"heads.{head_name}.{n}" for n, _ in head.named_parameters()]))
+    return LayerGroups.partition(model, assignments, what=type(model).__name__)

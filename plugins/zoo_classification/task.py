@@ -22,6 +22,7 @@ import attrs
 
 from zoo_core.engine.task import TaskData
 from zoo_core.errors import DataError
+from zoo_core.specs import InputConfig, Recipe
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +165,8 @@ class ClassificationMetrics:
 class ClassificationTask:
     name = "classification"
     augment_keys = frozenset({"hflip", "crop_scale", "mixup", "mixup_alpha", "mosaic"})
+    # settings of another augmentation, not randomness of their own; every other key is random
+    augment_settings = frozenset({"mixup_alpha"})
     monitor = ("val_loss", "min")
 
     # -- data ------------------------------------------------------------------------------------
@@ -192,39 +195,26 @@ class ClassificationTask:
             raise DataError(f"{root}: no validation images; add a val/ folder or more images per class")
         return TaskData(root, tuple(class_names), train, val, split)
 
-    def input_config(self, model: Any, image_size: int | None) -> dict[str, Any]:
-        """Input size, channels, mean and std from the backbone's pretrained config (timm or torchvision)."""
-        from zoo_core.groups import unwrap
-
-        inner = unwrap(model)
-        source = getattr(inner, "backbone", inner)
-        cfg = dict(getattr(source, "pretrained_cfg", None) or {})
-        channels, height = 3, 224
-        if cfg.get("input_size"):
-            channels, height = cfg["input_size"][0], cfg["input_size"][1]
-        mean = tuple(cfg.get("mean", (0.485, 0.456, 0.406)))
-        std = tuple(cfg.get("std", (0.229, 0.224, 0.225)))
-        if len(mean) != channels:
-            mean, std = (sum(mean) / len(mean),) * channels, (sum(std) / len(std),) * channels
-        return {"size": image_size or height, "channels": channels, "mean": mean, "std": std}
-
-    def _transform(self, input_config: Mapping[str, Any], augment: Mapping[str, Any]) -> Any:
+    def _transform(self, input_config: InputConfig, augment: Mapping[str, Any]) -> Any:
         import torch
         from torchvision.transforms import v2
 
         steps: list[Any] = []
         if augment.get("crop_scale"):
             scale = float(augment["crop_scale"])
-            steps.append(v2.RandomResizedCrop(input_config["size"], scale=(scale, 1.0), antialias=True))
+            steps.append(v2.RandomResizedCrop(input_config.size, scale=(scale, 1.0), antialias=True))
         if augment.get("hflip"):
             steps.append(v2.RandomHorizontalFlip(float(augment["hflip"])))
-        steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(input_config["mean"]), list(input_config["std"]))]
+        steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(input_config.mean), list(input_config.std))]
         return v2.Compose(steps)
 
-    def dataset(self, data: TaskData, split: str, *, input_config: Mapping[str, Any], augment: Mapping[str, Any]) -> Any:
+    def num_classes(self, data: TaskData) -> int:
+        return len(data.class_names)
+
+    def dataset(self, data: TaskData, split: str, *, input_config: InputConfig, augment: Mapping[str, Any]) -> Any:
         items = data.train if split == "train" else data.val
         transform = self._transform(input_config, augment if split == "train" else {})
-        return ImageDataset(items, len(data.class_names), int(input_config["size"]), int(input_config["channels"]), transform)
+        return ImageDataset(items, len(data.class_names), input_config.size, input_config.channels, transform)
 
     def collate(self, items: Sequence[tuple[Any, int, int]]) -> Batch:
         import torch
@@ -235,7 +225,7 @@ class ClassificationTask:
 
     def deterministic(self, augment: Mapping[str, Any]) -> bool:
         """Whether a stage's inputs are the same every epoch (then trunk features can be cached)."""
-        return not any(augment.get(key) for key in ("hflip", "crop_scale", "mixup", "mosaic"))
+        return not any(augment.get(key) for key in self.augment_keys - self.augment_settings)
 
     # -- batch-level augmentation -------------------------------------------------------------------
 
@@ -293,15 +283,16 @@ class ClassificationTask:
             outputs = next(iter(outputs.values()))
         return outputs
 
-    def loss(self, outputs: Any, batch: Batch, *, loss_scales: Mapping[str, float], label_smoothing: float) -> dict[str, Any]:
+    def loss(self, outputs: Any, batch: Batch, *, loss_scales: Mapping[str, float], recipe: Recipe | None) -> dict[str, Any]:
         import torch.nn.functional as F
 
-        ce = F.cross_entropy(outputs.float(), batch.targets, label_smoothing=label_smoothing)
+        smoothing = recipe.label_smoothing if recipe is not None else 0.0  # a training regulariser: not in evaluation
+        ce = F.cross_entropy(outputs.float(), batch.targets, label_smoothing=smoothing)
         scale = float(loss_scales.get("cls", 1.0))
         return {"loss": ce * scale, "cls": ce.detach()}
 
-    def metrics(self, num_classes: int) -> ClassificationMetrics:
-        return ClassificationMetrics(num_classes)
+    def metrics(self, data: TaskData) -> ClassificationMetrics:
+        return ClassificationMetrics(len(data.class_names))
 
     def batch_size(self, batch: Batch) -> int:
         return len(batch)

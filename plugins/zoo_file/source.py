@@ -42,15 +42,16 @@ class FileSource:
                 f"named model instead: `zoo transfer {display(path)} --to NAME -o OUT.pt`"
             )
         base_resolved = registry.resolve(base)
-        class_names = provenance.get("class_names")
+        backbone_only = provenance.get("export") == "backbone"  # `zoo export --backbone-only`: no head, no classes
+        class_names = None if backbone_only else provenance.get("class_names")
         return ResolvedModel(
             name=f"file:{path.resolve()}",
             source=self.name,
             architecture=base_resolved.name,
             weights=WeightsFile(LocationKind.LOCAL, path.name, path=str(path.resolve())),
-            num_classes=provenance.get("num_classes"),
+            num_classes=None if backbone_only else provenance.get("num_classes"),
             class_names=tuple(class_names) if class_names else None,
-            extra={"provenance": provenance},
+            extra={"provenance": provenance, "backbone_only": backbone_only},
         )
 
     def create(
@@ -66,12 +67,14 @@ class FileSource:
         from zoo_core.heads import replace_head
         from zoo_core.models import create_model
 
-        model = create_model(
-            resolved.architecture, pretrained=False, num_classes=resolved.num_classes, registry=registry, **kwargs
-        )
+        backbone_only = bool(resolved.extra.get("backbone_only"))
+        built_classes = (num_classes or resolved.extra["provenance"].get("num_classes")) if backbone_only else resolved.num_classes
+        model = create_model(resolved.architecture, pretrained=False, num_classes=built_classes, registry=registry, **kwargs)
         if weights_path is not None:
             state_dict = read_checkpoint(weights_path, strip=KNOWN_PREFIXES).state_dict
-            model.load_state_dict(state_dict, strict=True)
-        if num_classes is not None and num_classes != resolved.num_classes:
-            replace_head(model, num_classes)
+            loaded = model.load_state_dict(state_dict, strict=not backbone_only)
+            if loaded.unexpected_keys:
+                raise CheckpointError(f"{weights_path}: holds tensors {', '.join(loaded.unexpected_keys[:3])} this model lacks")
+        if num_classes is not None and num_classes != built_classes:
+            replace_head(model, num_classes, registry=registry)
         return model

@@ -6,13 +6,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from zoo_core import network, paths
-from zoo_core.errors import OfflineError, UnknownNameError, WeightsError
+from zoo_core import hub
+from zoo_core.errors import UnknownNameError, WeightsError
 from zoo_core.names import ModelRef
 from zoo_core.specs import LocationKind, ResolvedModel, WeightsFile
 
 CONFIG = "config.json"
-WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
 class HfHubSource:
@@ -29,21 +28,21 @@ class HfHubSource:
         return []
 
     def resolve(self, ref: ModelRef, registry: Any) -> ResolvedModel:
-        from zoo_core.weights import hf_revision_of, pinned_revision
+        from zoo_core.weights import pinned_revision
 
         repo_id = ref.name
         if repo_id.count("/") != 1:
             raise UnknownNameError(f"hf-hub:{repo_id}: expected a repository id ORG/NAME, e.g. hf-hub:timm/resnet50.a1_in1k")
         canonical = f"hf-hub:{repo_id}"
         revision = ref.revision or pinned_revision(canonical) or "main"
-        config_path = _fetch(repo_id, CONFIG, revision, f"{canonical}@{ref.revision}" if ref.revision else canonical)
-        commit = hf_revision_of(config_path) or revision
+        config_path = hub.fetch(repo_id, CONFIG, revision, name=f"{canonical}@{ref.revision}" if ref.revision else canonical)
+        commit = hub.revision_of(config_path) or revision
         try:
             config = json.loads(config_path.read_text())
             architecture = config["architecture"]
         except (ValueError, KeyError) as exc:
             raise WeightsError(f"{canonical}: {config_path} is not a timm config.json ({exc})") from None
-        weights_name = _weights_filename(repo_id, commit)
+        weights_name = hub.weights_filename(repo_id, commit)
         label_names = config.get("label_names") or config.get("pretrained_cfg", {}).get("label_names")
         return ResolvedModel(
             name=canonical,
@@ -80,35 +79,3 @@ class HfHubSource:
             pretrained_cfg=pretrained_cfg,
             **model_args,
         )
-
-
-def _fetch(repo_id: str, filename: str, revision: str, name: str) -> Path:
-    from huggingface_hub import hf_hub_download, try_to_load_from_cache
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
-
-    cache_dir = str(paths.hf_hub_cache())
-    cached = try_to_load_from_cache(repo_id, filename, cache_dir=cache_dir, revision=revision)
-    if isinstance(cached, str):
-        return Path(cached)
-    if paths.is_offline():
-        raise OfflineError(
-            f"{name}: {filename} (revision {revision}) is not in the hub cache {cache_dir} and offline mode "
-            f"(ZOO_OFFLINE / HF_HUB_OFFLINE) forbids downloading; run `zoo pull {name}` on a connected machine"
-        )
-    endpoint = network.hf_endpoint()
-    network.require_reachable(endpoint, name=name, what=f"{repo_id}/{filename}")
-    try:
-        with network.hf_retries_at_debug():
-            return Path(hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache_dir, endpoint=endpoint))
-    except (HfHubHTTPError, LocalEntryNotFoundError, OSError, ValueError) as exc:
-        raise WeightsError(f"{name}: cannot fetch {filename}: {str(exc).splitlines()[0]}") from None
-
-
-def _weights_filename(repo_id: str, revision: str) -> str:
-    from huggingface_hub import try_to_load_from_cache
-
-    for filename in WEIGHT_FILES:
-        found = try_to_load_from_cache(repo_id, filename, cache_dir=str(paths.hf_hub_cache()), revision=revision)
-        if isinstance(found, str):
-            return filename
-    return WEIGHT_FILES[0]

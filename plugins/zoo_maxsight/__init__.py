@@ -37,9 +37,9 @@ def zoo_transfer_rules(source: Any, target: Any) -> Any:
 
 
 @hookimpl
-def zoo_layer_groups(model: Any, spec: Any, granularity: str) -> Any:
+def zoo_layer_groups(model: Any, spec: Any, granularity: Any, registry: Any) -> Any:
     if spec is None or spec.tier is None or spec.tier.family != FAMILY:
         return None
     from .model import maxsight_groups
 
-    return maxsight_groups(model, granularity)
+    return maxsight_groups(model, granularity, registry)

@@ -33,12 +33,11 @@ def maxsight_neck(in_features: int, **options: Any) -> nn.Module:
     return MaxSightNeck(in_features, **options)
 
 
-def maxsight_groups(model: Any, granularity: str) -> LayerGroups:
+def maxsight_groups(model: Any, granularity: Any, registry: Any) -> LayerGroups:
     """ZooModel groups with the temporal encoder as its own group, so recipes can address it."""
-    from zoo_core.groups import zoomodel_groups
-    from zoo_core.registry import default_registry
+    from zoo_core.zoomodel import zoomodel_groups
 
-    base = zoomodel_groups(model, granularity, default_registry())
+    base = zoomodel_groups(model, granularity, registry)
     assignments = []
     for group in base:
         if group.name == "neck":

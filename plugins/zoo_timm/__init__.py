@@ -17,6 +17,10 @@ def zoo_register_sources(register: Any) -> None:
     register(TimmSource())
 
 
+def _is_timm(model: Any) -> bool:
+    return callable(getattr(model, "get_classifier", None)) and type(model).__module__.startswith("timm.")
+
+
 @hookimpl(trylast=True)
 def zoo_layer_groups(model: Any, spec: Any, granularity: str) -> Any:
     if not callable(getattr(model, "group_matcher", None)):
@@ -24,3 +28,36 @@ def zoo_layer_groups(model: Any, spec: Any, granularity: str) -> Any:
     from .groups import timm_layer_groups
 
     return timm_layer_groups(model, granularity)
+
+
+@hookimpl(trylast=True)
+def zoo_classifier(model: Any) -> Any:
+    if not _is_timm(model):
+        return None
+    from .anatomy import timm_classifier
+
+    return timm_classifier(model)
+
+
+@hookimpl(trylast=True)
+def zoo_reset_classifier(model: Any, num_classes: int) -> Any:
+    if not (_is_timm(model) and callable(getattr(model, "reset_classifier", None))):
+        return None
+    from .anatomy import reset_timm_classifier
+
+    return reset_timm_classifier(model, num_classes)
+
+
+@hookimpl(trylast=True)
+def zoo_input_config(model: Any) -> Any:
+    if not _is_timm(model):
+        return None
+    from .anatomy import timm_input_config
+
+    return timm_input_config(model)
+
+
+@hookimpl(trylast=True)
+def zoo_head_dropout(model: Any) -> Any:
+    # timm applies drop_rate functionally before the classifier: no module shows it
+    return float(getattr(model, "drop_rate", 0) or 0) if _is_timm(model) else None

@@ -12,10 +12,12 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from zoo_core.errors import GroupError
+from zoo_core.anatomy import common_prefix
+from zoo_core.errors import GroupError, ZooError
 from zoo_core.groups import LayerGroups
-from zoo_core.heads import find_classifier
 from zoo_core.specs import Role
+
+from .anatomy import timm_classifier
 
 
 def _compiled_patterns(matcher: Any) -> list[re.Pattern[str]] | None:
@@ -32,16 +34,6 @@ def _compiled_patterns(matcher: Any) -> list[re.Pattern[str]] | None:
     return patterns
 
 
-def _common_prefix(names: Sequence[str]) -> str:
-    parts = [name.split(".")[:-1] for name in names]
-    prefix: list[str] = []
-    for level in zip(*parts):
-        if len(set(level)) != 1:
-            break
-        prefix.append(level[0])
-    return ".".join(prefix)
-
-
 def _module_of(param: str) -> str:
     """``blocks.6.conv.weight`` -> ``blocks.6``; ``conv_head.weight`` -> ``conv_head``."""
     parts = param.split(".")
@@ -51,7 +43,7 @@ def _module_of(param: str) -> str:
 def _group_name(params: Sequence[str], index: int, taken: set[str], patterns: list[re.Pattern[str]] | None) -> str:
     # the matcher's own match names the group at its granularity ("layer1", "blocks.3")
     match = next((m for p in patterns or () if (m := p.match(params[0]))), None)
-    name = match.group(0).rstrip(".") if match and index > 0 else _common_prefix(params)
+    name = match.group(0).rstrip(".") if match and index > 0 else common_prefix(params)
     if not name:
         modules = list(dict.fromkeys(_module_of(param) for param in params))
         name = "stem" if index == 0 else "+".join(modules[:3])
@@ -79,8 +71,8 @@ def timm_layer_groups(model: Any, granularity: str = "coarse") -> LayerGroups:
                 "silently share the head's learning rate; implement zoo_layer_groups for this architecture in a plugin"
             )
     try:
-        classifier_name = find_classifier(model)[0]
-    except Exception:
+        classifier_name = timm_classifier(model)[0]
+    except ZooError:  # the classifier was removed: every group is backbone
         classifier_name = ""
     taken: set[str] = set()
     assignments = []

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
-import re
 from collections import defaultdict
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from zoo_core import hub
+from zoo_core.download import published_digest_prefix
 from zoo_core.errors import UnknownNameError, did_you_mean
 from zoo_core.names import ModelRef
 from zoo_core.sources import IndexEntry
@@ -16,8 +17,6 @@ from zoo_core.specs import LocationKind, ResolvedModel, WeightsFile
 
 log = logging.getLogger(__name__)
 
-HASH_PREFIX = re.compile(r"-([a-f0-9]{6,})\.")  # torch.hub's "name-<sha256 prefix>.ext" convention
-HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
 class TimmSource:
@@ -76,14 +75,11 @@ class TimmSource:
         revision = ref.revision
         if cfg.get("hf_hub_id"):
             revision = revision or pinned_revision(canonical)
-            filename = cfg.get("hf_hub_filename") or _cached_hub_filename(cfg["hf_hub_id"], revision)
+            filename = cfg.get("hf_hub_filename") or hub.weights_filename(cfg["hf_hub_id"], revision)
             weights = WeightsFile(LocationKind.HF, filename, repo_id=cfg["hf_hub_id"], revision=revision)
         elif cfg.get("url"):
             filename = cfg["url"].rsplit("/", 1)[-1]
-            prefix = HASH_PREFIX.search(filename)
-            weights = WeightsFile(
-                LocationKind.URL, filename, url=cfg["url"], sha256_prefix=prefix.group(1) if prefix else None
-            )
+            weights = WeightsFile(LocationKind.URL, filename, url=cfg["url"], sha256_prefix=published_digest_prefix(filename))
         label_names = cfg.get("label_names")
         return ResolvedModel(
             name=canonical,
@@ -107,19 +103,6 @@ class TimmSource:
     ) -> Any:
         model_name = f"{resolved.architecture}.{resolved.tag}" if resolved.tag else resolved.architecture
         return create_timm_model(model_name, weights_path=weights_path, num_classes=num_classes, **kwargs)
-
-
-def _cached_hub_filename(repo_id: str, revision: str | None) -> str:
-    """The weights file a hub repo has in the local cache; safetensors when nothing is cached."""
-    from huggingface_hub import try_to_load_from_cache
-
-    from zoo_core import paths
-
-    for filename in HF_WEIGHT_FILES:
-        found = try_to_load_from_cache(repo_id, filename, cache_dir=str(paths.hf_hub_cache()), revision=revision or "main")
-        if isinstance(found, str):
-            return filename
-    return HF_WEIGHT_FILES[0]
 
 
 def create_timm_model(

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import re
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from zoo_core.errors import UnknownNameError, did_you_mean
+from zoo_core.download import published_digest_prefix
+from zoo_core.errors import UnknownNameError, ZooError, did_you_mean
 from zoo_core.names import ModelRef
 from zoo_core.sources import IndexEntry
 from zoo_core.specs import LocationKind, ResolvedModel, WeightsFile
-
-HASH_PREFIX = re.compile(r"-([a-f0-9]{6,})\.")
 
 
 class TorchvisionSource:
@@ -61,7 +59,6 @@ class TorchvisionSource:
         enum = get_model_weights(ref.name)
         weights = enum[ref.tag] if ref.tag else enum.DEFAULT
         filename = weights.url.rsplit("/", 1)[-1]
-        prefix = HASH_PREFIX.search(filename)
         categories = weights.meta.get("categories")
         return ResolvedModel(
             name=f"torchvision:{ref.name}.{weights.name}",
@@ -69,7 +66,7 @@ class TorchvisionSource:
             architecture=ref.name,
             tag=weights.name,
             weights=WeightsFile(
-                LocationKind.URL, filename, url=weights.url, sha256_prefix=prefix.group(1) if prefix else None
+                LocationKind.URL, filename, url=weights.url, sha256_prefix=published_digest_prefix(filename)
             ),
             num_classes=len(categories) if categories else None,
             class_names=tuple(categories) if categories else None,
@@ -86,9 +83,16 @@ class TorchvisionSource:
     ) -> Any:
         from torchvision.models import get_model
 
+        from zoo_core.anatomy import num_outputs
         from zoo_core.checkpoint import KNOWN_PREFIXES, read_checkpoint
-        from zoo_core.heads import num_outputs, replace_head
+        from zoo_core.heads import replace_head
 
+        in_chans = kwargs.pop("in_chans", 3)
+        if in_chans != 3:
+            raise ZooError(
+                f"{resolved.name}: torchvision builds its models for 3 input channels, not {in_chans}; use a timm model "
+                "(they take --in-chans), or carry these weights into one with `zoo transfer … --in-chans N`"
+            )
         if weights_path is None:
             if num_classes is not None:
                 kwargs["num_classes"] = num_classes
@@ -100,6 +104,6 @@ class TorchvisionSource:
         model = get_model(resolved.architecture, weights=None, **kwargs)
         state_dict = read_checkpoint(weights_path, strip=KNOWN_PREFIXES).state_dict
         model.load_state_dict(state_dict, strict=True)
-        if num_classes is not None and num_classes != num_outputs(model):
-            replace_head(model, num_classes)
+        if num_classes is not None and num_classes != num_outputs(model, registry.plugins.hook):
+            replace_head(model, num_classes, registry=registry)
         return model

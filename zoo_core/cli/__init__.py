@@ -14,8 +14,9 @@ import logging
 import os
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
+from .. import paths
 from ..engine.task import MIN_IMAGE_SIZE
 from ..errors import ZooError
 
@@ -54,6 +55,9 @@ def _handler(module: str, function: str) -> str:
     return f"zoo_core.cli.{module}:{function}"
 
 
+Command = Callable[[str, str, str], argparse.ArgumentParser]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="zoo", description="Model-zoo registry and transfer-learning engine for PyTorch.")
     parser.add_argument("--registry", action="append", default=[], metavar="FILE", help="extra catalog file (repeatable)")
@@ -66,6 +70,13 @@ def build_parser() -> argparse.ArgumentParser:
         sub.set_defaults(handler=handler)
         return sub
 
+    for add in (_registry_commands, _transfer_commands, _training_commands, _demo_command):
+        add(command)
+    return parser
+
+
+def _registry_commands(command: Command) -> None:
+    """`zoo` commands for names, weights and what plugins registered."""
     sub = command("list", "list model names (aliases, tiers, source architectures)", _handler("registry_cmds", "cmd_list"))
     sub.add_argument("pattern", nargs="?", help="shell-style pattern, e.g. 'resnet1*'")
     sub.add_argument("--source", help="only this source (timm, torchvision, alias, tier, …)")
@@ -77,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--groups", action="store_true", help="show the layer groups")
     sub.add_argument("--fine", action="store_true", help="fine-grained groups (one per block)")
     sub.add_argument("--num-classes", type=COUNT, help="build with this many classes")
+    sub.add_argument("--in-chans", type=COUNT, help="build for this many input channels (timm's in_chans)")
     sub.add_argument("--json", action="store_true")
 
     sub = command("pull", "download weights into the caches and pin them in the lock file", _handler("registry_cmds", "cmd_pull"))
@@ -103,10 +115,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("name", nargs="?")
     sub.add_argument("--json", action="store_true")
 
+
+def _transfer_commands(command: Command) -> None:
+    """`zoo` commands for carrying weights between models."""
     sub = command("transfer", "plan (and apply) carrying weights from SOURCE into TARGET", _handler("transfer_cmds", "cmd_transfer"))
     sub.add_argument("source", help="checkpoint path or registry name (its pretrained weights)")
     sub.add_argument("--to", required=True, dest="target", metavar="TARGET", help="registry name of the target model")
     sub.add_argument("--num-classes", type=COUNT)
+    sub.add_argument("--in-chans", type=COUNT, help="input channels of the target; its first convolution is adapted")
     sub.add_argument("--classes", help="comma-separated class names of the target (class-aware head rows)")
     sub.add_argument("--rules", action="append", default=[], metavar="NAME", help="apply the transfer rules of a tier family")
     sub.add_argument("--include", action="append", default=[], metavar="REGEX")
@@ -127,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--backbone-only", action="store_true", help="only backbone tensors (backbone role)")
     sub.add_argument("-o", "--output", required=True, metavar="OUT.safetensors")
 
+
+def _training_commands(command: Command) -> None:
+    """`zoo` commands for fine-tuning and what comes out of it."""
     sub = command("features", "print the shapes of a model's intermediate feature maps", _handler("train_cmds", "cmd_features"))
     sub.add_argument("name")
     sub.add_argument("--layers", nargs="*", help="layer names or indices (default: every stage)")
@@ -145,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe value, e.g. stages.0.epochs=1")
     sub.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=True, help="start from pretrained weights")
     sub.add_argument("--image-size", type=IMAGE_SIZE, help="input resolution (default: the model's)")
+    sub.add_argument("--in-chans", type=COUNT, help="input channels (timm's in_chans; pretrained first convolutions are adapted)")
     sub.add_argument("--val-fraction", type=float, default=0.2)
     sub.add_argument("--workers", type=_whole_number(0), default=0, help="data-loading processes")
     sub.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
@@ -165,12 +185,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     sub.add_argument("-o", "--output", metavar="FILE.png")
 
+
+def _demo_command(command: Command) -> None:
+    """`zoo` commands for the main job on bundled data."""
     sub = command("demo", "transfer beats scratch: pretrain on digits 0-4, transfer to 5-9", _handler("demo_cmds", "cmd_demo"))
     sub.add_argument("--quick", action="store_true", help="a smoke-sized run")
     sub.add_argument("--out", default="zoo-demo", help="output folder")
     sub.add_argument("--seed", type=int, default=0)
     sub.add_argument("--json", action="store_true")
-    return parser
 
 
 def _configure_logging(verbose: bool, debug: bool) -> None:
@@ -212,6 +234,15 @@ def _resolve_handler(spec: str):
     return getattr(importlib.import_module(module_name), function)
 
 
+def _reported_to_launcher(error: ZooError) -> bool:
+    """Under ``zoo finetune --nproc``, a worker leaves its error line for the launcher to print once."""
+    if paths.worker_reports() is None:  # checked first: outside a worker, torch stays unimported
+        return False
+    from ..engine import distributed
+
+    return distributed.report_error(str(error))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``zoo`` with ``argv`` (default: ``sys.argv[1:]``); return the exit status."""
     parser = build_parser()
@@ -230,10 +261,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if code == 0:
             deferred.release()
         return code
-    except ZooError as exc:  # under Zoo's launcher, ranks other than 0 write to their own stderr file
+    except ZooError as exc:
         if debug:
             traceback.print_exc()
-        print(f"zoo: error: {exc}", file=sys.stderr)
+        if not _reported_to_launcher(exc):
+            print(f"zoo: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("zoo: interrupted", file=sys.stderr)

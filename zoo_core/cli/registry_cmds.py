@@ -29,20 +29,21 @@ def cmd_list(args: Any) -> int:
 def cmd_info(args: Any) -> int:
     from ..errors import WeightsError, ZooError
     from ..groups import layer_groups
-    from ..models import build_skeleton
+    from ..models import build_skeleton, has_own_weights
     from ..weights import locate
 
     registry = registry_for(args)
     resolved = registry.resolve(args.name)
     data = resolved.to_dict()
     try:
-        located = locate(resolved) if (resolved.has_weights or _imported(resolved)) else None
+        located = locate(resolved) if has_own_weights(resolved) else None
     except WeightsError as exc:
         located, data["cache_error"] = None, str(exc)
     data["cached"] = located is not None
     data["files"] = [item.to_dict() for item in located] if located else []
+    options = {"in_chans": args.in_chans} if args.in_chans is not None else {}
     try:
-        model = build_skeleton(resolved, registry=registry, num_classes=args.num_classes)
+        model = build_skeleton(resolved, registry=registry, num_classes=args.num_classes, **options)
     except ZooError as exc:
         if resolved.tier is None or args.num_classes is not None or args.groups:
             raise
@@ -62,7 +63,10 @@ def cmd_info(args: Any) -> int:
     print(f"source        {data['source']}  (architecture {data['architecture']})")
     print(f"tag           {data['tag'] or '-'}")
     print(f"revision      {data['revision'] or '-'}")
-    print(f"pretrained    {'yes' if data['pretrained'] else 'no'}" + (f", {data['num_classes']} classes" if data["num_classes"] else ""))
+    if resolved.extra.get("backbone_only"):
+        print("pretrained    yes (backbone only: no head, no classes)")
+    else:
+        print(f"pretrained    {'yes' if data['pretrained'] else 'no'}" + (f", {data['num_classes']} classes" if data["num_classes"] else ""))
     print(f"cached        {'yes' if data['cached'] else 'no'}" + (f"  ({data['cache_error']})" if "cache_error" in data else ""))
     for item in data["files"]:
         pin = "pinned" if item["pinned"] else "not pinned"
@@ -76,13 +80,6 @@ def cmd_info(args: Any) -> int:
         print(table([(i, g.name, g.role.value, f"{g.numel:,}", len(g.params)) for i, g in enumerate(groups)],
                     ("#", "GROUP", "ROLE", "PARAMETERS", "TENSORS")))
     return 0
-
-
-def _imported(resolved: Any) -> bool:
-    from ..lockfile import LockFile
-
-    entry = LockFile.read().get(resolved.name)
-    return entry is not None and entry.method == "import"
 
 
 def cmd_pull(args: Any) -> int:
@@ -107,12 +104,11 @@ def cmd_pull(args: Any) -> int:
 
 def cmd_import(args: Any) -> int:
     from ..lockfile import LockFile
-    from ..weights import import_file
+    from ..plans import import_weights
 
     registry = registry_for(args)
-    resolved = registry.resolve(args.name)
     lock = LockFile.read()
-    entry = import_file(resolved, Path(args.file), lock, registry=registry)
+    entry = import_weights(args.name, Path(args.file), registry=registry, lock=lock)
     if args.json:
         print_json({"lock": str(lock.path), "name": entry.name, **entry.to_dict()})
     else:
@@ -223,7 +219,7 @@ def describe_trains(stage: Any) -> str:
     if stage.train is not None:
         trains = "+".join(stage.train)
     elif stage.freeze is not None:
-        trains = {0: "all", 1: "all but backbone", 2: "heads"}[stage.freeze]
+        trains = stage.freeze.trains
     else:
         trains = "all"
     if stage.unfreeze_every:

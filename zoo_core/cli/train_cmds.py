@@ -5,7 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..errors import ZooError
+import torch
+
+from ..anatomy import input_config
+from ..engine import distributed
+from ..engine.api import check_model, evaluate, plan_run, prepare
+from ..engine.options import RunOptions
+from ..features import FeatureExtractor
+from ..plot import plot_runs
 from .common import print_json, registry_for, table
 
 
@@ -24,70 +31,64 @@ def _argv_without_nproc(argv: list[str]) -> list[str]:
     return result
 
 
+def run_options(args: Any) -> Any:
+    """``zoo finetune``'s flags as the run's options."""
+    return RunOptions(
+        recipe=args.recipe, model=args.model, data=args.data, task=args.task, run_dir=args.run_dir, resume=args.resume,
+        overrides=args.set, pretrained=args.pretrained, image_size=args.image_size, in_chans=args.in_chans,
+        val_fraction=args.val_fraction, workers=args.workers, device=args.device, compile_backend=args.compile,
+        use_cache=not args.no_cache, seed=args.seed,
+    )  # fmt: skip
+
+
+def _launch(args: Any, options: Any) -> int:
+    """Check once, here, then hand the run to ``args.nproc`` processes."""
+    import sys
+
+
+    registry = registry_for(args)
+    check_model(plan_run(options, registry=registry, world_size=args.nproc), registry=registry)
+    try:
+        return distributed.launch(_argv_without_nproc(args._argv), args.nproc)
+    except distributed.WorkerFailed as exc:  # not a ZooError: keep the worker's status, not 2
+        print(f"zoo: error: {exc}", file=sys.stderr)
+        return exc.status
+
+
+def _print_result(result: Any) -> None:
+    best = result.best
+    print(f"run folder {result.run_dir}")
+    if best["value"] is not None:
+        print(f"best {best['metric']} {best['value']:.4f} (epoch {best['epoch'] + 1}) -> {result.best_checkpoint}")
+    final = result.final
+    if "accuracy" in final:
+        print(f"final val accuracy {final['accuracy']:.4f}, val loss {final['val_loss']:.4f}")
+    if result.stopped:
+        print(f"stopped: {result.stopped}")
+
+
 def cmd_finetune(args: Any) -> int:
     import logging
 
-    from ..engine import distributed
 
-    if args.nproc < 1:
-        raise ZooError(f"--nproc must be at least 1, got {args.nproc}")
+    options = run_options(args)
     if args.nproc > 1 and not distributed.in_torchrun():
-        from ..engine.api import plan_run
-
-        # bad input fails here, once, instead of in every process torchrun starts
-        plan_run(
-            args.recipe, args.model, args.data, task=args.task, run_dir=args.run_dir, resume=args.resume,
-            overrides=args.set, pretrained=args.pretrained, val_fraction=args.val_fraction, seed=args.seed,
-            registry=registry_for(args), world_size=args.nproc, check_model=True,
-        )
-        try:
-            return distributed.launch(_argv_without_nproc(args._argv), args.nproc)
-        except distributed.WorkerFailed as exc:  # not a ZooError: keep the worker's status, not 2
-            import sys
-
-            print(f"zoo: error: {exc}", file=sys.stderr)
-            return exc.status
+        return _launch(args, options)
     if not args.json:
         logging.getLogger("zoo_core.engine").setLevel(min(logging.getLogger().level, logging.INFO))
-    from ..engine.api import finetune
-
-    result = finetune(
-        args.recipe,
-        args.model,
-        args.data,
-        task=args.task,
-        run_dir=args.run_dir,
-        resume=args.resume,
-        overrides=args.set,
-        pretrained=args.pretrained,
-        image_size=args.image_size,
-        val_fraction=args.val_fraction,
-        workers=args.workers,
-        device=args.device,
-        compile_backend=args.compile,
-        use_cache=not args.no_cache,
-        seed=args.seed,
-        registry=registry_for(args),
-        print_plan=not args.json,
-    )
-    if not distributed.in_torchrun() or int(__import__("os").environ.get("RANK", "0")) == 0:
-        if args.json:
-            print_json(result.to_dict())
-        else:
-            best = result.best
-            print(f"run folder {result.run_dir}")
-            if best["value"] is not None:
-                print(f"best {best['metric']} {best['value']:.4f} (epoch {best['epoch'] + 1}) -> {result.best_checkpoint}")
-            final = result.final
-            if "accuracy" in final:
-                print(f"final val accuracy {final['accuracy']:.4f}, val loss {final['val_loss']:.4f}")
-            if result.stopped:
-                print(f"stopped: {result.stopped}")
+    prepared = prepare(options, registry=registry_for(args))
+    main_process = prepared.context.dist.is_main
+    if prepared.transfer_plan is not None and main_process and not args.json:
+        print(prepared.transfer_plan.report())
+    result = prepared.run()
+    if main_process and args.json:
+        print_json(result.to_dict())
+    elif main_process:
+        _print_result(result)
     return 0
 
 
 def cmd_eval(args: Any) -> int:
-    from ..engine.api import evaluate
 
     metrics = evaluate(args.checkpoint, args.data, task=args.task, split=args.split, device=args.device, registry=registry_for(args))
     if args.json:
@@ -98,15 +99,11 @@ def cmd_eval(args: Any) -> int:
 
 
 def cmd_features(args: Any) -> int:
-    import torch
 
-    from ..features import FeatureExtractor
 
-    extractor = FeatureExtractor(args.name, layers=args.layers, pool=args.pool, registry=registry_for(args))
-    channels = 3
-    config = getattr(extractor.body, "pretrained_cfg", None) or {}
-    if config.get("input_size"):
-        channels = config["input_size"][0]
+    registry = registry_for(args)
+    extractor = FeatureExtractor(args.name, layers=args.layers, pool=args.pool, registry=registry)
+    channels = input_config(extractor.body, registry.plugins.hook).channels
     with torch.no_grad():
         outputs = extractor(torch.zeros(1, channels, args.size, args.size))
     shapes = {name: list(value.shape) for name, value in outputs.items()}
@@ -118,7 +115,6 @@ def cmd_features(args: Any) -> int:
 
 
 def cmd_plot(args: Any) -> int:
-    from ..plot import plot_runs
 
     output = Path(args.output) if args.output else Path(args.run_dirs[0]) / "curves.png"
     plot_runs([Path(path) for path in args.run_dirs], output)

@@ -6,7 +6,19 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..errors import ZooError
+import torch
+
+from ..anatomy import num_outputs
+from ..checkpoint import KNOWN_PREFIXES, read_checkpoint, save_checkpoint, save_safetensors
+from ..errors import CheckpointError, ZooError
+from ..fileio import sha256_file
+from ..groups import layer_groups
+from ..models import build_skeleton
+from ..paths import display
+from ..plans import plan_names
+from ..provenance import make_provenance
+from ..specs import Role, SpecValueError, TransferRules
+from ..transfer import key_groups
 from .common import parse_classes, print_json, registry_for
 
 
@@ -25,7 +37,6 @@ def parse_require(items: list[str]) -> dict[str, float]:
 
 
 def rules_from_args(args: Any, registry: Any) -> Any:
-    from ..specs import SpecValueError, TransferRules
 
     rules = TransferRules()
     for family in args.rules:
@@ -50,9 +61,6 @@ def rules_from_args(args: Any, registry: Any) -> Any:
 
 
 def cmd_transfer(args: Any) -> int:
-    from ..checkpoint import read_checkpoint, validate_training_checkpoint
-    from ..errors import CheckpointError
-    from ..transfer import plan_transfer, validate_source
 
     registry = registry_for(args)
     rules = rules_from_args(args, registry)
@@ -64,28 +72,15 @@ def cmd_transfer(args: Any) -> int:
     if args.output and Path(args.output).suffix not in (".pt", ".pth", ".safetensors"):
         raise ZooError(f"-o {args.output}: use a .pt, .pth or .safetensors file name")
 
-    plan = plan_transfer(args.source, args.target, num_classes=num_classes, rules=rules, target_classes=classes, registry=registry)
-    if classes is None and plan.target_classes and num_classes in (None, len(plan.target_classes)):
-        classes = list(plan.target_classes)  # e.g. a tier taking over its source's classes
-        num_classes = len(classes)
-    warnings = []
-    if plan.source.path is not None and plan.source.path.suffix != ".safetensors" and Path(args.source).is_file():
-        checkpoint = read_checkpoint(plan.source.path, mmap=True)
-        if checkpoint.layout == "model_state_dict":
-            try:
-                warnings = validate_training_checkpoint(checkpoint, min_epochs=args.min_epochs)
-            except CheckpointError as exc:
-                if "NaN" in str(exc):
-                    raise
-                warnings = [str(exc)]
-    validate_source(plan)  # non-finite source tensors are refused before anything is written
+    planned = plan_names(
+        args.source, args.target, num_classes=num_classes, rules=rules, target_classes=classes, in_chans=args.in_chans, registry=registry
+    )
+    plan = planned.plan
+    warnings = _training_warnings(plan.source, args.min_epochs)
     plan.enforce(require, strict=args.strict)
+    written = _apply_and_save(planned, args, registry) if args.output and not args.plan else None
     for warning in warnings:
         print(f"zoo: warning: {warning}", file=sys.stderr)
-
-    written = None
-    if args.output and not args.plan:
-        written = _apply_and_save(plan, args, registry, num_classes, classes)
     if args.json:
         print_json({**plan.to_dict(), "output": str(written) if written else None})
     else:
@@ -97,35 +92,37 @@ def cmd_transfer(args: Any) -> int:
     return 0
 
 
-def _apply_and_save(plan: Any, args: Any, registry: Any, num_classes: int | None, classes: list[str] | None) -> Path:
-    import torch
-
-    from ..checkpoint import save_checkpoint, save_safetensors
-    from ..fileio import sha256_file
-    from ..heads import num_outputs
-    from ..models import build_model
-    from ..provenance import make_provenance
-
-    target = registry.resolve(args.target)
-    torch.manual_seed(0)  # new tensors start from the same initialisation every time
-    model = build_model(target, registry=registry, pretrained=False, num_classes=num_classes)
-    report = plan.apply(model)
-    source_path = plan.source.path
-    source_sha = sha256_file(source_path) if source_path else None
+def _training_warnings(source: Any, min_epochs: int) -> list[str]:
+    """Seed 000's checks of a training checkpoint, as warnings: the transfer can rightly go on."""
     try:
-        outputs = num_outputs(model)
+        return source.training_warnings(min_epochs=min_epochs)
+    except CheckpointError as exc:  # a missing key: worth saying, not worth refusing
+        return [str(exc)]
+
+
+def _apply_and_save(planned: Any, args: Any, registry: Any) -> Path:
+
+
+    plan, build = planned.plan, planned.build
+    torch.manual_seed(0)  # new tensors start from the same initialisation every time
+    model = build.build(registry)
+    report = plan.apply(model)  # finite source tensors only: checked here, before anything is written
+    source = plan.source
+    digest = source.digest()
+    try:
+        outputs = num_outputs(model, registry.plugins.hook)
     except ZooError:
-        outputs = num_classes
+        outputs = build.num_classes
     provenance = make_provenance(
-        model=target.name,
-        base_model=plan.source.name,
-        source=plan.source.spec.source if plan.source.spec else "file",
-        revision=plan.source.spec.revision if plan.source.spec else None,
-        weights_sha256=source_sha,
+        model=build.spec.name,
+        base_model=source.name,
+        source=source.spec.source if source.spec else "file",
+        revision=source.spec.revision if source.spec else None,
+        weights_sha256=digest,
         num_classes=outputs,
-        class_names=classes,
+        class_names=list(plan.target_classes) if plan.target_classes else None,
         transfer=report,
-        parent={"path": str(source_path.resolve()), "sha256": source_sha} if source_path and Path(args.source).is_file() else None,
+        parent={"path": str(source.path.resolve()), "sha256": digest} if source.path and source.spec is None else None,
     )
     output = Path(args.output)
     if output.suffix == ".safetensors":
@@ -136,9 +133,6 @@ def _apply_and_save(plan: Any, args: Any, registry: Any, num_classes: int | None
 
 
 def cmd_export(args: Any) -> int:
-    from ..checkpoint import KNOWN_PREFIXES, read_checkpoint, save_safetensors
-    from ..fileio import sha256_file
-    from ..paths import display
 
     output = Path(args.output)
     if output.suffix != ".safetensors":
@@ -156,11 +150,6 @@ def cmd_export(args: Any) -> int:
 
 
 def _backbone_tensors(checkpoint: Any, registry: Any) -> dict[str, Any]:
-    from ..groups import layer_groups
-    from ..models import build_skeleton
-    from ..paths import display
-    from ..specs import Role
-    from ..transfer import key_groups
 
     name = checkpoint.provenance.get("model")
     if not name:
@@ -170,4 +159,4 @@ def _backbone_tensors(checkpoint: Any, registry: Any) -> dict[str, Any]:
         )
     model = build_skeleton(registry.resolve(name), registry=registry, num_classes=checkpoint.provenance.get("num_classes"))
     owners = key_groups(list(checkpoint.state_dict), layer_groups(model, registry=registry))
-    return {key: tensor for key, tensor in checkpoint.state_dict.items() if owners[key][1] == Role.BACKBONE.value}
+    return {key: tensor for key, tensor in checkpoint.state_dict.items() if owners[key][1] is Role.BACKBONE}

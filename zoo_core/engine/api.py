@@ -1,9 +1,10 @@
 """``finetune`` and ``evaluate``: everything between a command line and the Engine.
 
-``finetune`` resolves the recipe (with ``--set`` overrides), the task and the data, builds the
-starting model — from a registry name, or from a checkpoint carried in through a
-:class:`~zoo_core.transfer.TransferPlan` whose report is printed and saved — and runs it.
-Every input error surfaces before the first training step.
+``plan_run`` checks what can be checked without building a model or writing a file (recipe
+and overrides, task, data, batch split, run folder). ``prepare`` builds the starting model
+(:mod:`.start`), its layer groups and the training schedule, and returns a
+:class:`PreparedRun` whose transfer plan the caller may show before :meth:`PreparedRun.run`
+starts training. ``finetune`` is the two in one call.
 """
 
 from __future__ import annotations
@@ -11,129 +12,33 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import attrs
-import tomllib
+import torch
 
-from ..catalog import Where, recipe_from_mapping
-from ..errors import RecipeError, ZooError, did_you_mean
+from ..anatomy import input_config
+from ..checkpoint import KNOWN_PREFIXES, read_checkpoint
+from ..errors import CheckpointError, DataError
+from ..groups import layer_groups
+from ..models import build_skeleton, create_model
+from ..paths import display
 from ..registry import Registry, default_registry
-from ..specs import Recipe
+from ..specs import InputConfig, Recipe
+from . import distributed
+from .device import configure, pick_device
+from .evaluation import evaluate_model
+from .loop import Engine, RunContext
+from .options import RunInfo, RunOptions
+from .recipes import apply_overrides, check_augment_keys, check_batch_split
+from .rundir import RunFolder
+from .schedule import TrainingSchedule
+from .start import start_model
+from .task import Task, TaskData
 
 log = logging.getLogger(__name__)
-
-
-# --- recipe overrides ---------------------------------------------------------------------------
-
-
-def _parse_value(raw: str) -> Any:
-    try:
-        return tomllib.loads(f"value = {raw}")["value"]
-    except tomllib.TOMLDecodeError:
-        return raw  # a bare word: a string
-
-
-def _set_path(node: Any, parts: list[str], value: Any, text: str) -> None:
-    head, rest = parts[0], parts[1:]
-    if isinstance(node, list):
-        indices = range(len(node)) if head == "*" else [int(head)] if head.isdigit() else None
-        if indices is None or any(not 0 <= i < len(node) for i in indices):
-            raise RecipeError(f"--set {text}: '{head}' is not an index of a list with {len(node)} entries (use 0-{len(node) - 1} or *)")
-        for index in indices:
-            if rest:
-                _set_path(node[index], rest, value, text)
-            else:
-                node[index] = value
-        return
-    if not isinstance(node, dict):
-        raise RecipeError(f"--set {text}: cannot set '{head}' inside a {type(node).__name__}")
-    if rest:
-        node.setdefault(head, {})
-        _set_path(node[head], rest, value, text)
-    else:
-        node[head] = value
-
-
-def apply_overrides(recipe: Recipe, overrides: Sequence[str]) -> Recipe:
-    """Apply ``KEY=VALUE`` overrides (``stages.0.epochs=1``, ``stages.*.lr=1e-4``) and re-validate."""
-    if not overrides:
-        return recipe
-    data = recipe.to_dict()
-    data.pop("name")
-    for text in overrides:
-        key, sep, raw = text.partition("=")
-        if not sep or not key:
-            raise RecipeError(f"--set {text!r}: expected KEY=VALUE, e.g. stages.0.epochs=1")
-        _set_path(data, key.split("."), _parse_value(raw), text)
-    return recipe_from_mapping(recipe.name, data, Where(f"--set (recipe '{recipe.name}')", ""))
-
-
-def check_augment_keys(recipe: Recipe, task: Any) -> None:
-    for index, stage in enumerate(recipe.stages):
-        for key in stage.augment:
-            if key not in task.augment_keys:
-                raise RecipeError(
-                    f"recipe '{recipe.name}' stages[{index}].augment.{key}: the {task.name} task has no such "
-                    f"augmentation{did_you_mean(key, task.augment_keys)} (it knows {', '.join(sorted(task.augment_keys))})"
-                )
-
-
-# --- the starting model --------------------------------------------------------------------------
-
-
-def build_start_model(
-    name: str, *, registry: Registry, class_names: Sequence[str], pretrained: bool, report: bool
-) -> tuple[Any, dict[str, Any]]:
-    """The model to fine-tune and its provenance.
-
-    A checkpoint (``file:`` or a path, or an alias to one) is carried into its architecture with
-    the new class count through a transfer plan (class-aware head rows); any other name is
-    built by its source, with its pretrained weights when asked.
-    """
-    from ..fileio import sha256_file
-    from ..models import build_model, create_model
-    from ..provenance import make_provenance
-    from ..transfer import plan_transfer, validate_source
-    from ..weights import fetch
-
-    resolved = registry.resolve(name)
-    num_classes = len(class_names)
-    if resolved.source == "file":
-        path = Path(resolved.weights.path)
-        model = create_model(resolved.architecture, pretrained=False, num_classes=num_classes, registry=registry)
-        plan = plan_transfer(path, model, target_classes=class_names, registry=registry)
-        validate_source(plan)
-        transfer = plan.apply(model)
-        if report:
-            print(plan.report())
-        digest = sha256_file(path)
-        source_provenance = resolved.extra.get("provenance", {})
-        provenance = make_provenance(
-            model=resolved.architecture,
-            base_model=source_provenance.get("base_model") or resolved.architecture,
-            source="file",
-            weights_sha256=digest,
-            num_classes=num_classes,
-            class_names=class_names,
-            transfer=transfer,
-            parent={"path": str(path), "sha256": digest, "name": resolved.requested},
-        )
-        return model, provenance
-    model = build_model(resolved, registry=registry, pretrained=pretrained, num_classes=num_classes)
-    digest = fetch(resolved)[0].sha256 if pretrained else None
-    provenance = make_provenance(
-        model=resolved.name,
-        base_model=resolved.name if pretrained else None,
-        source=resolved.source,
-        revision=resolved.revision,
-        weights_sha256=digest,
-        num_classes=num_classes,
-        class_names=class_names,
-    )
-    return model, provenance
 
 
 def default_run_dir(recipe: str, model: str) -> Path:
@@ -141,204 +46,151 @@ def default_run_dir(recipe: str, model: str) -> Path:
     return Path("runs") / slug.strip("-")
 
 
-# --- the public functions ------------------------------------------------------------------------
-
-
 @attrs.frozen
 class RunPlan:
     """Everything about a run that can be checked before any model is built or file written."""
-
+    options: RunOptions
     recipe: Recipe
     seed: int
     task_name: str
-    task: Any
-    data_root: Path
-    data: Any
-    folder: Any
+    task: Task
+    data: TaskData
+    folder: RunFolder
     record: dict[str, Any]
 
 
-def check_groups(recipe: Recipe, model: Any, registry: Registry) -> tuple[Any, Any]:
-    """The model's layer groups and the unfreeze schedule; unknown groups and missing rates fail here."""
-    from ..groups import layer_groups
-    from ..optim import stage_learning_rates
-
-    groups = layer_groups(model, granularity=recipe.granularity, registry=registry)
-    schedule = registry.plugins.hook.zoo_unfreeze_schedule(recipe=recipe, groups=groups)
-    for index, stage in enumerate(recipe.stages):
-        for epoch in range(stage.epochs):
-            stage_learning_rates(stage.lr, groups, schedule(index, epoch), where=f"recipe '{recipe.name}' stages[{index}].lr")
-    return groups, schedule
-
-
-def plan_run(
-    recipe: str,
-    model: str,
-    data: str | Path,
-    *,
-    task: str | None = None,
-    run_dir: str | Path | None = None,
-    resume: bool = False,
-    overrides: Sequence[str] = (),
-    pretrained: bool = True,
-    val_fraction: float = 0.2,
-    seed: int | None = None,
-    registry: Registry | None = None,
-    world_size: int = 1,
-    check_model: bool = False,
-) -> RunPlan:
-    """Check a run's inputs — recipe, task, data, batch split, run folder — without side effects.
-
-    ``check_model`` also builds the model's skeleton (meta device) to check groups and rates;
-    the launcher of a multi-process run uses it so bad input fails once, before torchrun starts.
-    """
-    from .rundir import RunFolder
-
-    registry = registry or default_registry()
-    spec = apply_overrides(registry.recipe(recipe), overrides)
-    seed = spec.seed if seed is None else seed
-    task_name = task or spec.task or "classification"
-    task_obj = registry.task(task_name)
-    check_augment_keys(spec, task_obj)
-    if not 0 < val_fraction < 1:
-        raise ZooError(f"--val-fraction must be between 0 and 1, got {val_fraction}")
-    for index, stage in enumerate(spec.stages):
-        batch = stage.batch_size or spec.batch_size
-        if batch % world_size:
-            raise RecipeError(
-                f"recipe '{spec.name}' stages[{index}]: batch size {batch} does not split over {world_size} processes; "
-                f"use a multiple of {world_size} (--set batch_size=...)"
-            )
-    data_root = Path(data)
-    task_data = task_obj.load_data(data_root, seed=seed, val_fraction=val_fraction)
-    folder = RunFolder(run_dir or default_run_dir(recipe, model))
+def plan_run(options: RunOptions, *, registry: Registry, world_size: int = 1) -> RunPlan:
+    """Check a run's inputs — recipe, task, data, batch split, run folder — without side effects."""
+    recipe = apply_overrides(registry.recipe(options.recipe), options.overrides)
+    seed = recipe.seed if options.seed is None else options.seed
+    task_name = options.task or recipe.task or "classification"
+    task = registry.task(task_name)
+    check_augment_keys(recipe, task)
+    check_batch_split(recipe, world_size)
+    data = task.load_data(options.data, seed=seed, val_fraction=options.val_fraction)
+    folder = RunFolder(options.run_dir or default_run_dir(options.recipe, options.model))
     record = {
-        "recipe": spec.to_dict(),
-        "model": model,
+        "recipe": recipe.to_dict(),
+        "model": options.model,
         "task": task_name,
-        "data": str(data_root.resolve()),
+        "data": str(options.data.resolve()),
         "seed": seed,
-        "val_fraction": val_fraction,
-        "classes": list(task_data.class_names),
+        "val_fraction": options.val_fraction,
+        "classes": list(data.class_names),
         "world_size": world_size,
-        "pretrained": pretrained,
+        "pretrained": options.pretrained,
     }
-    folder.check(record, resume=resume)
-    if check_model:
-        from ..models import build_skeleton
-
-        skeleton = build_skeleton(registry.resolve(model), registry=registry, num_classes=len(task_data.class_names))
-        check_groups(spec, skeleton, registry)
-    return RunPlan(spec, seed, task_name, task_obj, data_root, task_data, folder, record)
+    folder.check(record, resume=options.resume)
+    return RunPlan(options, recipe, seed, task_name, task, data, folder, record)
 
 
-def finetune(
-    recipe: str,
-    model: str,
-    data: str | Path,
-    *,
-    task: str | None = None,
-    run_dir: str | Path | None = None,
-    resume: bool = False,
-    overrides: Sequence[str] = (),
-    pretrained: bool = True,
-    image_size: int | None = None,
-    val_fraction: float = 0.2,
-    workers: int = 0,
-    device: str | None = None,
-    compile_backend: str | None = None,
-    use_cache: bool = True,
-    seed: int | None = None,
-    registry: Registry | None = None,
-    print_plan: bool = False,
-) -> Any:
-    """Run ``recipe`` on ``model`` over the data folder ``data``; return a :class:`RunResult`.
+def check_model(plan: RunPlan, *, registry: Registry) -> None:
+    """Build the model's skeleton (meta device) and its schedule: unknown groups and missing rates fail here.
 
-    Every input is checked before the run folder is written; a run that fails before its
-    first checkpoint removes the folder it created, so the corrected command can run there.
+    The launcher of a multi-process run calls it so that bad input fails once, before torchrun starts.
     """
-    import torch
+    resolved = registry.resolve(plan.options.model)
+    skeleton = build_skeleton(resolved, registry=registry, num_classes=plan.task.num_classes(plan.data), **plan.options.model_options)
+    groups = layer_groups(skeleton, granularity=plan.recipe.granularity, registry=registry)
+    TrainingSchedule(plan.recipe, groups, registry.plugins.hook.zoo_unfreeze_schedule(recipe=plan.recipe, groups=groups))
 
-    from . import distributed
-    from .device import configure, pick_device
-    from .loop import Engine, RunInfo
-    from .task import MIN_IMAGE_SIZE
 
-    if image_size is not None and (isinstance(image_size, bool) or image_size < MIN_IMAGE_SIZE):
-        raise RecipeError(f"image_size must be at least {MIN_IMAGE_SIZE} pixels, got {image_size!r}")
-    registry = registry or default_registry()
-    chosen = pick_device(device)
-    dist_info = distributed.init(chosen)
-    plan = plan_run(
-        recipe, model, data, task=task, run_dir=run_dir, resume=resume, overrides=overrides, pretrained=pretrained,
-        val_fraction=val_fraction, seed=seed, registry=registry, world_size=dist_info.world_size,
-    )
-    spec, folder = plan.recipe, plan.folder
-    device_cfg = configure(chosen)
+@attrs.frozen
+class PreparedRun:
+    """A run whose model is built and checked; nothing is written until :meth:`run`."""
+    plan: RunPlan
+    model: Any
+    groups: Any
+    context: Any  # the engine's RunContext
+    transfer_plan: Any  # the TransferPlan that carried the starting weights in, if one did
 
+    @property
+    def provenance(self) -> dict[str, Any]:
+        return dict(self.context.provenance)
+
+    def run(self) -> Any:
+        """Train: hold the run folder, write its records, run the engine; return a :class:`RunResult`.
+
+        A run that fails before its first checkpoint removes what it wrote, so the corrected
+        command can run in the same folder.
+        """
+
+        folder, dist, resume = self.plan.folder, self.context.dist, self.plan.options.resume
+        created = not folder.path.exists()
+        # rank 0 holds the run folder for the whole run: a second process on it is refused at once
+        with folder.locked() if dist.is_main else contextlib.nullcontext():
+            try:
+                if dist.is_main:
+                    self._write_records()
+                distributed.barrier(dist)
+                engine = Engine(self.model, self.groups, self.context)
+                found = folder.resume_checkpoint() if resume else None
+                if resume and found is None and dist.is_main:
+                    log.info("%s: no epoch finished before the run stopped; starting from the first epoch", folder.path)
+                    folder.trim_metrics(0)
+                return engine.run(found[0] if found is not None else None)
+            except BaseException:
+                if dist.is_main and not resume:
+                    folder.discard_if_unstarted(created)
+                raise
+            finally:
+                distributed.shutdown(dist)
+
+    def _write_records(self) -> None:
+        folder = self.plan.folder
+        folder.start(self.plan.record, self.plan.recipe.to_dict(), resume=self.plan.options.resume)  # checked again, under the lock
+        folder.write_json("provenance.json", self.provenance)
+        if self.provenance.get("transfer"):
+            folder.write_json("transfer.json", self.provenance["transfer"])
+        folder.write_json("groups.json", self.groups.to_rows())
+
+
+def prepare(options: RunOptions, *, registry: Registry) -> PreparedRun:
+    """Everything before the first step: inputs checked, the starting model built, the schedule computed."""
+
+
+    chosen = pick_device(options.device)
+    dist = distributed.init(chosen)
+    plan = plan_run(options, registry=registry, world_size=dist.world_size)
+    device = configure(chosen)
     torch.manual_seed(plan.seed)  # new heads start from the same initialisation on every rank and every run
-    start, provenance = build_start_model(
-        model, registry=registry, class_names=plan.data.class_names, pretrained=pretrained, report=print_plan and dist_info.is_main
-    )
-    provenance.update(
-        task=plan.task_name,
-        data={"root": str(plan.data_root.resolve()), "seed": plan.seed, "val_fraction": val_fraction, "split": plan.data.split},
-    )
-    groups, schedule = check_groups(spec, start, registry)
-    input_config = plan.task.input_config(start, image_size)
-    provenance["input"] = {key: list(value) if isinstance(value, tuple) else value for key, value in input_config.items()}
+    start = start_model(
+        options.model, registry=registry, class_names=plan.data.class_names, num_classes=plan.task.num_classes(plan.data),
+        pretrained=options.pretrained, **options.model_options,
+    )  # fmt: skip
+    inputs = input_config(start.model, registry.plugins.hook, image_size=options.image_size)
+    provenance = {
+        **start.provenance,
+        "task": plan.task_name,
+        "data": {"root": str(options.data.resolve()), "seed": plan.seed, "val_fraction": options.val_fraction, "split": plan.data.split},
+        "input": inputs.to_dict(),
+    }
+    groups = layer_groups(start.model, granularity=plan.recipe.granularity, registry=registry)
+    schedule = TrainingSchedule(plan.recipe, groups, registry.plugins.hook.zoo_unfreeze_schedule(recipe=plan.recipe, groups=groups))
+    info = RunInfo(plan.folder.path, plan.recipe, options.model, plan.task_name, dist.rank, dist.world_size)
+    context = RunContext(
+        options, plan.recipe, plan.task, plan.data, inputs, schedule, device, dist, plan.folder, info, registry.plugins.hook, plan.seed, provenance
+    )  # fmt: skip
+    return PreparedRun(plan, start.model, groups, context, start.plan)
 
-    created = not folder.path.exists()
-    # rank 0 holds the run folder for the whole run: a second process on it is refused at once
-    with folder.locked() if dist_info.is_main else contextlib.nullcontext():
-        try:
-            if dist_info.is_main:
-                folder.start(plan.record, spec.to_dict(), resume=resume)  # checked again, under the lock
-                folder.write_json("provenance.json", provenance)
-                if provenance.get("transfer"):
-                    folder.write_json("transfer.json", provenance["transfer"])
-                folder.write_json("groups.json", groups.to_rows())
-            distributed.barrier(dist_info)
-            info = RunInfo(folder.path, spec, model, plan.task_name, dist_info.rank, dist_info.world_size)
-            engine = Engine(
-                model=start,
-                groups=groups,
-                recipe=spec,
-                task=plan.task,
-                data=plan.data,
-                input_config=input_config,
-                device=device_cfg,
-                dist=dist_info,
-                folder=folder,
-                info=info,
-                hook=registry.plugins.hook,
-                schedule=schedule,
-                seed=plan.seed,
-                provenance=provenance,
-                workers=workers,
-                compile_backend=compile_backend,
-                use_cache=use_cache,
-            )
-            found = folder.resume_checkpoint() if resume else None
-            if resume and found is None and dist_info.is_main:
-                log.info("%s: no epoch finished before the run stopped; starting from the first epoch", folder.path)
-                folder.trim_metrics(0)
-            return engine.run(found[0] if found is not None else None)
-        except BaseException:
-            if dist_info.is_main and not resume:
-                folder.discard_if_unstarted(created)
-            raise
-        finally:
-            distributed.shutdown(dist_info)
+
+def finetune(recipe: str, model: str, data: str | Path, *, registry: Registry | None = None, **choices: Any) -> Any:
+    """Run ``recipe`` on ``model`` over the data folder ``data``; return a :class:`~.loop.RunResult`.
+
+    ``choices`` are :class:`~.options.RunOptions` fields (``run_dir``, ``resume``,
+    ``overrides``, ``pretrained``, ``image_size``, ``in_chans``, ``val_fraction``, ``workers``,
+    ``device``, ``compile_backend``, ``use_cache``, ``seed``, ``task``). Every input is checked
+    before the run folder is written.
+    """
+    options = RunOptions.of(recipe, model, data, **choices)
+    return prepare(options, registry=registry or default_registry()).run()
+
+
+# --- evaluation ---------------------------------------------------------------------------------------
 
 
 def model_from_checkpoint(path: str | Path, *, registry: Registry | None = None) -> tuple[Any, Any]:
     """Rebuild the model a Zoo checkpoint belongs to (from its provenance) and load its weights."""
-    from ..checkpoint import KNOWN_PREFIXES, read_checkpoint
-    from ..errors import CheckpointError
-    from ..models import create_model
-    from ..paths import display
-
     registry = registry or default_registry()
     checkpoint = read_checkpoint(path, strip=KNOWN_PREFIXES)
     provenance = checkpoint.provenance
@@ -347,6 +199,14 @@ def model_from_checkpoint(path: str | Path, *, registry: Registry | None = None)
     model = create_model(provenance["model"], pretrained=False, num_classes=provenance.get("num_classes"), registry=registry)
     model.load_state_dict(checkpoint.state_dict, strict=True)
     return model, checkpoint
+
+
+def _recorded_inputs(provenance: Mapping[str, Any], model: Any, registry: Registry) -> InputConfig:
+    """The input config the run trained with, as its provenance records it."""
+    recorded = dict(provenance.get("input") or {})
+    known = {field.name for field in attrs.fields(InputConfig)}
+    fallback = input_config(model, registry.plugins.hook, image_size=recorded.get("size"))
+    return attrs.evolve(fallback, **{key: value for key, value in recorded.items() if key in known})
 
 
 def evaluate(
@@ -359,10 +219,6 @@ def evaluate(
     registry: Registry | None = None,
 ) -> dict[str, float]:
     """Evaluate a Zoo checkpoint on a data folder, with the split its run used."""
-    from ..errors import DataError
-    from .device import configure, pick_device
-    from .evaluation import evaluate_model
-
     registry = registry or default_registry()
     model, loaded = model_from_checkpoint(checkpoint, registry=registry)
     provenance = loaded.provenance
@@ -377,7 +233,7 @@ def evaluate(
         )
     device_cfg = configure(pick_device(device))
     model = model.to(device_cfg.device)
-    input_config = task_obj.input_config(model, (provenance.get("input") or {}).get("size"))
     items = {"val": task_data.val, "train": task_data.train, "all": [*task_data.train, *task_data.val]}[split]
-    dataset = task_obj.dataset(attrs.evolve(task_data, val=items), "val", input_config=input_config, augment={})
-    return evaluate_model(model, task_obj, dataset, num_classes=len(task_data.class_names), batch_size=64, device=device_cfg)
+    evaluated = attrs.evolve(task_data, val=items)
+    dataset = task_obj.dataset(evaluated, "val", input_config=_recorded_inputs(provenance, model, registry), augment={})
+    return evaluate_model(model, task_obj, dataset, data=evaluated, batch_size=64, device=device_cfg)

@@ -23,8 +23,9 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from ..anatomy import find_classifier, head_dropout
+from ..errors import ZooError
 from ..freeze import is_pinned
-from ..heads import find_classifier
 
 log = logging.getLogger(__name__)
 
@@ -37,14 +38,14 @@ class HeadSplit:
     forward: Callable[[torch.Tensor], Any]  # runs the heads on trunk output
 
 
-def _head_split(model: nn.Module) -> HeadSplit | None:
+def _head_split(model: nn.Module, hook: Any) -> HeadSplit | None:
     split = getattr(model, "zoo_head_split", None)
     if callable(split):
         module, forward = split()
         return HeadSplit(module, forward)
     try:
-        _, classifier = find_classifier(model)
-    except Exception:
+        _, classifier = find_classifier(model, hook)
+    except ZooError:
         return None
     return HeadSplit(classifier, classifier)
 
@@ -57,19 +58,22 @@ def _is_stochastic(module: nn.Module) -> bool:
     return probability > 0
 
 
-def plan_cache(model: nn.Module, deterministic_inputs: bool) -> tuple[HeadSplit | None, str]:
-    """The head split to cache under, or ``None`` and the reason caching is off."""
+def plan_cache(model: nn.Module, deterministic_inputs: bool, hook: Any) -> tuple[HeadSplit | None, str]:
+    """The head split to cache under, or ``None`` and the reason caching is off.
+
+    :param hook: the plugin hook relay, asked for the classifier and for dropout no module shows.
+    """
     if not deterministic_inputs:
         return None, "the stage's input transforms are random"
-    split = _head_split(model)
+    split = _head_split(model, hook)
     if split is None:
         return None, "no head module found"
     head_params = {id(p) for p in split.module.parameters()}
     if any(p.requires_grad and id(p) not in head_params for p in model.parameters()):
         return None, "layers outside the heads train"
-    drop_rate = getattr(model, "drop_rate", 0)  # timm applies head dropout functionally, not as a module
-    if isinstance(drop_rate, (int, float)) and drop_rate > 0:
-        return None, f"the model applies dropout ({drop_rate}) before its classifier"
+    drop_rate = head_dropout(model, hook)  # applied functionally (timm): no module shows it
+    if drop_rate > 0:
+        return None, f"the model applies dropout ({drop_rate:g}) before its classifier"
     head_modules = {id(m) for m in split.module.modules()}
     for name, module in model.named_modules():
         if id(module) in head_modules:

@@ -4,6 +4,11 @@
 in this process; each worker sees ``WORLD_SIZE``/``RANK``/``LOCAL_RANK`` and joins a process
 group (NCCL on GPUs, gloo on CPU). Only rank 0 evaluates, logs and saves; the others wait at
 barriers, and their console output goes to files.
+
+A worker that stops on a ZooError does not print it: it leaves the line in a report file and the
+launcher prints one line after every worker has ended. Printing from the worker raced the agent:
+rank 0 could print, then be stopped before its exit status showed, and a second rank's line
+followed.
 """
 
 from __future__ import annotations
@@ -22,6 +27,9 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import torch
 import torch.distributed as dist
+
+from ..fileio import atomic_write_text
+from ..paths import WORKER_REPORTS_ENV, worker_reports
 
 if TYPE_CHECKING:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
@@ -111,28 +119,34 @@ def _stderr_file(log_dir: str, local_rank: int) -> str | None:
     return str(found[-1]) if found else None
 
 
-def _error_line(stderr: str | None) -> str | None:
-    """The last ``zoo: error:`` line a redirected worker wrote, without its prefix."""
-    if stderr is None:
-        return None
-    try:
-        lines = Path(stderr).read_text(errors="replace").splitlines()
-    except OSError:
-        return None
-    found = [line.removeprefix("zoo: error: ") for line in lines if line.startswith("zoo: error: ")]
-    return found[-1] if found else None
+def report_error(message: str) -> bool:
+    """Leave a worker's ZooError for the launcher to print; ``False`` outside Zoo's launcher."""
+    folder = worker_reports()
+    if folder is None:
+        return False
+    atomic_write_text(folder / f"rank-{int(os.environ.get('RANK', '0'))}.txt", message)
+    return True
 
 
-def _worker_failed(error: ChildFailedError, log_dir: str) -> WorkerFailed | None:
-    """What to report for a failed worker group; ``None`` when rank 0 stopped on a ZooError and said why."""
-    if 0 in error.failures and error.failures[0].exitcode == 2:
-        return None
-    # another rank may stop on a ZooError first (the agent then stops rank 0 before it can say why):
-    # its line is in its redirected stderr
-    for rank, failure in sorted(error.failures.items()):
-        line = _error_line(_stderr_file(log_dir, failure.local_rank)) if failure.exitcode == 2 else None
-        if line is not None:
-            return WorkerFailed(f"rank {rank}: {line}", 2)
+def _reported(reports: Path) -> dict[int, str]:
+    """The ranks that stopped on a ZooError, and their messages."""
+    found = {}
+    for path in reports.glob("rank-*.txt"):
+        try:
+            found[int(path.stem.removeprefix("rank-"))] = path.read_text()
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def _worker_failed(error: ChildFailedError, reports: Path, log_dir: str) -> WorkerFailed:
+    """What to report for a failed worker group: the first rank's ZooError, else the first failure."""
+    reported = _reported(reports)
+    if 0 in reported:  # rank 0 speaks for the run; a peer's error is then usually the echo of it
+        return WorkerFailed(reported[0], 2)
+    if reported:  # another rank stopped on a ZooError first, and the agent stopped rank 0
+        rank = min(reported)
+        return WorkerFailed(f"rank {rank}: {reported[rank]}", 2)
     rank, failure = error.get_first_failure()
     stderr = _stderr_file(log_dir, failure.local_rank)  # None for local rank 0: it writes to the console
     if failure.exitcode < 0:
@@ -157,12 +171,13 @@ def _quiet_agent_logs() -> None:
 
 
 def launch(argv: Sequence[str], nproc: int) -> int:
-    """Run ``zoo <argv>`` in ``nproc`` worker processes; return 0, or 2 when rank 0 reported a ZooError.
+    """Run ``zoo <argv>`` in ``nproc`` worker processes; return 0 when they all succeeded.
 
     The elastic agent runs in this process rather than in a ``torchrun`` child so that a failed
     worker maps to Zoo's exit status instead of torchrun's ``ChildFailedError`` traceback.
 
-    :raises WorkerFailed: when a worker crashed, was killed or exited with another status.
+    :raises WorkerFailed: when a worker stopped on a ZooError (status 2), crashed, was killed or
+        exited with another status.
     """
     from torch.distributed.elastic.multiprocessing import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
@@ -171,14 +186,16 @@ def launch(argv: Sequence[str], nproc: int) -> int:
     _quiet_agent_logs()
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))  # workers inherit it
     log_dir = tempfile.mkdtemp(prefix="zoo-ddp-")
+    reports = Path(log_dir) / "reports"
+    reports.mkdir()
     keep_logs = False
+    outer_reports = os.environ.get(WORKER_REPORTS_ENV)
+    os.environ[WORKER_REPORTS_ENV] = str(reports)  # the workers inherit this process's environment
     try:
         elastic_launch(_standalone_config(nproc, log_dir), entrypoint=sys.executable)("-m", "zoo_core", *argv)
         return 0
     except ChildFailedError as exc:
-        failed = _worker_failed(exc, log_dir)
-        if failed is None:
-            return 2
+        failed = _worker_failed(exc, reports, log_dir)
         keep_logs = failed.stderr is not None
         raise failed from None
     except SignalException as exc:  # the agent has passed the signal on to the workers
@@ -186,5 +203,9 @@ def launch(argv: Sequence[str], nproc: int) -> int:
             return 130  # rank 0 has printed "zoo: interrupted"
         raise WorkerFailed(f"stopped by {exc.sigval.name}", 128 + exc.sigval) from None
     finally:
+        if outer_reports is None:
+            os.environ.pop(WORKER_REPORTS_ENV, None)
+        else:
+            os.environ[WORKER_REPORTS_ENV] = outer_reports
         if not keep_logs:
             shutil.rmtree(log_dir, ignore_errors=True)

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from .device import DeviceConfig
+from .task import TaskData
 
 
 @torch.no_grad()
@@ -17,7 +18,7 @@ def evaluate_model(
     task: Any,
     dataset: Any,
     *,
-    num_classes: int,
+    data: TaskData,
     batch_size: int,
     device: DeviceConfig,
     loss_scales: Mapping[str, float] | None = None,
@@ -38,7 +39,7 @@ def evaluate_model(
     )
     was_training = model.training
     model.eval()
-    metrics = task.metrics(num_classes)
+    metrics = task.metrics(data)
     totals: dict[str, float] = {}
     count = 0
     try:
@@ -46,7 +47,7 @@ def evaluate_model(
             batch = task.to_device(batch, device.device, device.channels_last)
             with device.autocast():
                 outputs = task.forward(model, batch)
-                losses = task.loss(outputs, batch, loss_scales=loss_scales or {}, label_smoothing=0.0)
+                losses = task.loss(outputs, batch, loss_scales=loss_scales or {}, recipe=None)  # no training-only terms
             size = task.batch_size(batch)
             for name, value in losses.items():
                 totals[name] = totals.get(name, 0.0) + float(value) * size

@@ -1,7 +1,13 @@
-"""Guards that can end a stage or a run: early stopping, the drift guard, non-finite losses."""
+"""Guards that can end a stage or a run: the best-so-far, early stopping, the drift guard,
+non-finite losses.
+
+Whether a value improves on the best is decided in one place,
+:meth:`zoo_core.specs.MonitorMode.improves`, for the best checkpoint and for early stopping.
+"""
 
 from __future__ import annotations
 
+import enum
 import logging
 import math
 from collections.abc import Mapping
@@ -10,9 +16,57 @@ from typing import Any
 import attrs
 
 from ..errors import RunError
-from ..specs import DriftAction, DriftGuard, DriftWatch, EarlyStop
+from ..specs import DriftAction, DriftGuard, DriftWatch, EarlyStop, MonitorMode
 
 log = logging.getLogger(__name__)
+
+
+class StopReason(enum.Enum):
+    """Why a stage or a run ended before its last epoch."""
+
+    EARLY_STOP = "early stopping"  # ends the stage; the next stage runs
+    DRIFT = "drift guard"  # ends the run
+
+
+@attrs.frozen
+class Stop:
+    reason: StopReason
+    stage: int
+    epochs: int  # epochs the stage ran
+
+    @property
+    def ends_run(self) -> bool:
+        return self.reason is StopReason.DRIFT
+
+    def __str__(self) -> str:
+        if self.reason is StopReason.EARLY_STOP:
+            return f"early stopping in stage {self.stage} after {self.epochs} epochs"
+        return f"drift guard in stage {self.stage}"
+
+
+@attrs.define
+class Best:
+    """The best value of the run's monitored metric so far, and the epoch it came from."""
+
+    metric: str
+    mode: MonitorMode = attrs.field(converter=MonitorMode)
+    value: float | None = None
+    epoch: int | None = None
+
+    def update(self, metrics: Mapping[str, float], epoch: int) -> bool:
+        """Record ``metrics`` of ``epoch``; ``True`` when they are the new best."""
+        value = metrics.get(self.metric)
+        if value is None or not self.mode.improves(value, self.value):
+            return False
+        self.value, self.epoch = value, epoch
+        return True
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"metric": self.metric, "mode": self.mode.value, "value": self.value, "epoch": self.epoch}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Best:
+        return cls(data["metric"], MonitorMode(data["mode"]), data["value"], data["epoch"])
 
 
 @attrs.define
@@ -29,10 +83,7 @@ class EarlyStopping:
                 f"early_stop.monitor '{self.spec.monitor}' is not a reported metric (available: {', '.join(sorted(metrics))})"
             )
         value = metrics[self.spec.monitor]
-        improved = self.best is None or (
-            value < self.best - self.spec.min_delta if self.spec.mode == "min" else value > self.best + self.spec.min_delta
-        )
-        if improved:
+        if self.spec.mode.improves(value, self.best, self.spec.min_delta):
             self.best, self.bad_epochs = value, 0
         else:
             self.bad_epochs += 1

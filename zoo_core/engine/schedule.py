@@ -1,14 +1,39 @@
-"""Learning-rate shape within a stage: linear warmup, then cosine, linear or constant.
+"""What trains when, at which rate: the trainable groups and base rates of every epoch, and the
+learning-rate shape within a stage (linear warmup, then cosine, linear or constant).
 
-The factor multiplies every group's base rate, so the ratios between groups are exactly the
+:class:`TrainingSchedule` is computed once, before training: the unfreeze schedule (a hook)
+says which groups train in each epoch, :func:`zoo_core.optim.stage_learning_rates` gives
+their base rates, and any group without a rate or unknown to the model fails here. The
+factor multiplies every group's base rate, so the ratios between groups are exactly the
 recipe's at every step, and a group unfrozen mid-stage joins the same curve.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
-from ..specs import ScheduleKind, Stage
+from ..groups import LayerGroups
+from ..optim import stage_learning_rates
+from ..specs import Recipe, ScheduleKind, Stage
+
+
+class TrainingSchedule:
+    """Trainable groups and base learning rates per (stage, epoch in stage), computed once."""
+
+    def __init__(self, recipe: Recipe, groups: LayerGroups, unfreeze: Callable[[int, int], frozenset[str]]) -> None:
+        self._table: dict[tuple[int, int], tuple[frozenset[str], dict[str, float]]] = {}
+        for index, stage in enumerate(recipe.stages):
+            where = f"recipe '{recipe.name}' stages[{index}].lr"
+            for epoch in range(stage.epochs):
+                trainable = frozenset(unfreeze(index, epoch))
+                self._table[index, epoch] = (trainable, stage_learning_rates(stage.lr, groups, trainable, where=where))
+
+    def trainable(self, stage_index: int, epoch_in_stage: int) -> frozenset[str]:
+        return self._table[stage_index, epoch_in_stage][0]
+
+    def rates(self, stage_index: int, epoch_in_stage: int) -> dict[str, float]:
+        return dict(self._table[stage_index, epoch_in_stage][1])
 
 
 def lr_factor(stage: Stage, step: int, steps_per_epoch: int) -> float:

@@ -19,6 +19,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import attrs
 
+from ..specs import InputConfig, Recipe
+
 MIN_IMAGE_SIZE = 16  # pixels: below it, a backbone that downsamples 32 times sees a single pixel
 
 
@@ -59,9 +61,11 @@ class Task(Protocol):
 
     def load_data(self, root: Path, *, seed: int, val_fraction: float) -> TaskData: ...
 
-    def input_config(self, model: Any, image_size: int | None) -> dict[str, Any]: ...
+    def num_classes(self, data: TaskData) -> int:
+        """Outputs the model's classifier needs for ``data`` (the engine never counts them itself)."""
+        ...
 
-    def dataset(self, data: TaskData, split: str, *, input_config: Mapping[str, Any], augment: Mapping[str, Any]) -> Any: ...
+    def dataset(self, data: TaskData, split: str, *, input_config: InputConfig, augment: Mapping[str, Any]) -> Any: ...
 
     def collate(self, items: Sequence[Any]) -> Any: ...
 
@@ -77,8 +81,14 @@ class Task(Protocol):
 
     def forward(self, model: Any, batch: Any) -> Any: ...
 
-    def loss(self, outputs: Any, batch: Any, *, loss_scales: Mapping[str, float], label_smoothing: float) -> dict[str, Any]: ...
+    def loss(self, outputs: Any, batch: Any, *, loss_scales: Mapping[str, float], recipe: Recipe | None) -> dict[str, Any]:
+        """Named loss components and their weighted total ``"loss"``.
 
-    def metrics(self, num_classes: int) -> Metrics: ...
+        ``recipe`` is the recipe being trained (the task reads its own settings from it, e.g.
+        classification's ``label_smoothing``), or ``None`` when evaluating.
+        """
+        ...
+
+    def metrics(self, data: TaskData) -> Metrics: ...
 
     def batch_size(self, batch: Any) -> int: ...
