@@ -401,7 +401,7 @@ STAGE = "[recipes.fast]\n{recipe}\n[[recipes.fast.stages]]\nepochs = 2\n{stage}\
         (
             "",
             'schedule = "cosin"',
-            "zoo.toml: recipes.fast.stages[0].schedule: must be one of 'cosine', 'constant', 'linear', got 'cosin'",
+            "zoo.toml: recipes.fast.stages[0].schedule: must be one of 'cosine', 'constant', 'linear', 'cosine_restarts', got 'cosin'",
         ),
         ("", 'bn = "frozn"', "zoo.toml: recipes.fast.stages[0].bn: must be one of"),
         ("", "ema = 1.0", "zoo.toml: recipes.fast.stages[0].ema: is the EMA decay and must be between 0 and 1"),

@@ -99,7 +99,7 @@ def test_list_without_pattern_lists_every_source(zoo) -> None:
     assert {row["source"] for row in rows} == {"alias", "tier", "timm", "torchvision"}
     indexed = sum(len(json.loads(path.read_text())["entries"]) for path in (zoo_home() / "index").glob("*.json"))
     catalog = load_catalog()
-    tiers = sum(len(family.tiers) for family in catalog.families.values()) + 5  # + the maxsight plugin's
+    tiers = sum(len(family.tiers) for family in catalog.families.values()) + 5 + 3  # + the maxsight and detection plugins
     assert len(rows) == indexed + len(catalog.aliases) + tiers
 
 
@@ -368,7 +368,7 @@ def test_bad_input_through_a_real_process_exits_2_with_one_line(zoo_subprocess) 
     assert result.returncode == 2
     assert result.stdout == ""
     assert result.stderr.strip().splitlines() == [
-        "zoo: error: unknown tier family 'maxsigt' - did you mean 'maxsight'? (2 registered; run `zoo tiers` to list them)"
+        "zoo: error: unknown tier family 'maxsigt' - did you mean 'maxsight'? (3 registered; run `zoo tiers` to list them)"
     ]
 
 

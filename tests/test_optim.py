@@ -27,7 +27,7 @@ from zoo_core.errors import CatalogError, RecipeError
 from zoo_core.freeze import apply_freeze, freeze, stage_schedule
 from zoo_core.groups import layer_groups
 from zoo_core.optim import apply_learning_rates, build_optimizer, current_rates, param_groups, stage_learning_rates
-from zoo_core.specs import LrSpec, Recipe, Stage
+from zoo_core.specs import LrSpec, Recipe, SpecValueError, Stage
 
 WHERE = Where("zoo.toml", "recipes.fast.stages[0].lr")
 GROUPS = ["stem", "layer1", "layer2", "layer3", "layer4", "neck", "heads.classifier", "heads.distance"]
@@ -379,3 +379,24 @@ def test_a_group_frozen_after_training_stops_moving_despite_optimizer_momentum(m
     backbone = [name for name in before if name.startswith("backbone.")]
     assert all(torch.equal(before[name], model.state_dict()[name]) for name in backbone)
     assert moved(before, model, "neck")
+
+
+@pytest.mark.parametrize(("cycle", "mult"), [(3, 1), (2, 2), (1, 3)])
+def test_cosine_restarts_follows_torch_warm_restarts_step_by_step(cycle: int, mult: int) -> None:
+    """Seed 001's schedule: the factor per step is torch's CosineAnnealingWarmRestarts stepped by fractional epochs."""
+    stage = Stage(epochs=9, lr=lr(1.0), schedule="cosine_restarts", restart_epochs=cycle, restart_mult=mult)
+    steps_per_epoch = 4
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    reference = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(optimizer, T_0=cycle, T_mult=mult)
+    for index in range(stage.epochs * steps_per_epoch):
+        reference.step(index / steps_per_epoch)
+        assert lr_factor(stage, index, steps_per_epoch) == pytest.approx(optimizer.param_groups[0]["lr"], abs=1e-9), index
+
+
+def test_cosine_restarts_needs_its_cycle_and_refuses_it_elsewhere() -> None:
+    with pytest.raises(SpecValueError, match="restart_epochs.*needs the first cycle"):
+        Stage(epochs=4, lr=lr(1e-3), schedule="cosine_restarts")
+    with pytest.raises(SpecValueError, match="restart_epochs.*cosine_restarts' only, not 'cosine'"):
+        Stage(epochs=4, lr=lr(1e-3), restart_epochs=2)
+    with pytest.raises(SpecValueError, match="restart_mult.*>= 1"):
+        Stage(epochs=4, lr=lr(1e-3), schedule="cosine_restarts", restart_epochs=2, restart_mult=0.5)

@@ -62,7 +62,7 @@ SCHEMA_ERRORS = {
     "epochs-zero": ("epochs = 0\nlr = 1e-3", "recipes.fast.stages[0].epochs: must be a whole number > 0, got 0"),
     "schedule": (
         'epochs = 2\nlr = 1e-3\nschedule = "cosin"',
-        "recipes.fast.stages[0].schedule: must be one of 'cosine', 'constant', 'linear', got 'cosin'",
+        "recipes.fast.stages[0].schedule: must be one of 'cosine', 'constant', 'linear', 'cosine_restarts', got 'cosin'",
     ),
     "bn": (
         'epochs = 2\nlr = 1e-3\nbn = "frozn"',

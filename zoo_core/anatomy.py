@@ -1,7 +1,8 @@
 """Model anatomy: where a model's classifier, output rows, first convolution and input config are.
 
 What a model family knows about itself comes from plugins through hooks (``zoo_classifier``,
-``zoo_reset_classifier``, ``zoo_input_config``, ``zoo_head_dropout``); this module asks them
+``zoo_reset_classifier``, ``zoo_input_config``, ``zoo_head_dropout``, ``zoo_class_rows``,
+``zoo_feature_maps``); this module asks them
 and falls back to what holds for any ``nn.Module``: the last ``nn.Linear`` (or 1x1
 convolution) is the classifier, the first 4-d weight is the first convolution. Callers pass
 the plugin manager's hook relay (``registry.plugins.hook``); nothing here reaches for a
@@ -10,14 +11,16 @@ default registry.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import attrs
 import torch
 from torch import nn
 
 from .errors import ZooError
 from .specs import InputConfig
+from .tensorops import ClassRows
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -115,15 +118,48 @@ def num_outputs(model: nn.Module, hook: Any) -> int:
     return outputs_of(output_layer(find_classifier(model, hook)[1]))
 
 
-def class_row_keys(model: nn.Module, hook: Any) -> tuple[str, ...]:
-    """State-dict keys whose rows are classes (the output layer's weight and bias); none for headless models."""
+def class_rows(model: nn.Module, hook: Any) -> dict[str, ClassRows]:
+    """State-dict keys whose rows are classes, with their layouts; none for headless models.
+
+    A plugin answers through ``zoo_class_rows`` (detection heads); otherwise the classifier's
+    output layer holds one row per class in its weight and bias.
+    """
+    answered = hook.zoo_class_rows(model=unwrap(model))
+    if answered is not None:
+        return {rows.key: rows for rows in answered}
     try:
         _, head = find_classifier(model, hook)
         out = output_layer(head)
     except ZooError:
-        return ()
+        return {}
     name = module_name(model, out)
-    return tuple(f"{name}.{leaf}" for leaf, _ in out.named_parameters(recurse=False))
+    return {f"{name}.{leaf}": ClassRows(f"{name}.{leaf}") for leaf, _ in out.named_parameters(recurse=False)}
+
+
+@attrs.frozen(eq=False)
+class FeatureMaps:
+    """A backbone's multi-scale feature maps, finest first: ``maps(images)`` -> list of (B, C, H, W).
+
+    ``extract`` calls the backbone's own modules (timm's ``forward_intermediates``, or a
+    torchvision feature-extraction graph sharing them), so nothing is registered twice and
+    the parameters keep their names.
+    """
+
+    extract: Callable[[torch.Tensor], list[torch.Tensor]]
+    channels: tuple[int, ...]
+    strides: tuple[int, ...]
+    names: tuple[str, ...]
+
+    def __call__(self, images: torch.Tensor) -> list[torch.Tensor]:
+        return self.extract(images)
+
+
+def feature_maps(model: nn.Module, hook: Any, registry: Any) -> FeatureMaps:
+    """How to take ``model``'s multi-scale feature maps (``zoo_feature_maps``)."""
+    found = hook.zoo_feature_maps(model=model, registry=registry)
+    if found is None:
+        raise ZooError(f"{type(model).__name__}: no plugin can take its feature maps; pick a timm or torchvision backbone")
+    return found
 
 
 def first_conv_key(state: Mapping[str, torch.Tensor]) -> str | None:

@@ -44,3 +44,10 @@ def zoo_classifier(model: Any) -> Any:
     if not isinstance(model, ZooModel):
         return None
     return f"heads.{model.primary_head}", model.heads[model.primary_head]
+
+
+@hookimpl(trylast=True)
+def zoo_feature_maps(model: Any, registry: Any) -> Any:
+    from .features import traced_feature_maps
+
+    return traced_feature_maps(model, registry)

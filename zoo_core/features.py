@@ -8,13 +8,14 @@ BatchNorm or dropout back on (seed 004's first pitfall).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from .anatomy import common_prefix, unwrap
+from .anatomy import FeatureMaps, common_prefix, unwrap
 from .errors import ZooError, did_you_mean
 from .freeze import pin_eval
 from .groups import layer_groups
@@ -115,3 +116,29 @@ class FeatureExtractor(nn.Module):
                 value = value.mean(dim=1) if self.pool == "avg" else value.amax(dim=1)
             pooled[name] = value
         return pooled
+
+
+def _graph_maps(graph: nn.Module, images: torch.Tensor) -> list[torch.Tensor]:
+    return list(graph(images).values())
+
+
+def traced_feature_maps(model: nn.Module, registry: Registry, probe_size: int = 224) -> FeatureMaps:
+    """One map per backbone layer group after the stem, through torchvision's feature extraction.
+
+    The graph shares the model's modules (it is not registered under the model), so its
+    parameters keep their names. Channels and strides come from one forward pass at
+    ``probe_size`` on the model's own device (no memory on the meta device).
+    """
+    from torchvision.models.feature_extraction import create_feature_extractor
+
+    layers = _default_fx_layers(model, registry)
+    graph = create_feature_extractor(model, return_nodes={name: name for name in layers})
+    first = next(model.parameters())
+    with torch.no_grad():
+        probe = _graph_maps(graph, torch.zeros(1, first.shape[1] if first.dim() == 4 else 3, probe_size, probe_size, device=first.device))
+    return FeatureMaps(
+        functools.partial(_graph_maps, graph),
+        channels=tuple(int(level.shape[1]) for level in probe),
+        strides=tuple(probe_size // int(level.shape[-1]) for level in probe),
+        names=tuple(layers),
+    )

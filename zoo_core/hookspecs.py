@@ -17,12 +17,14 @@ import pluggy
 if TYPE_CHECKING:  # the real types, without importing torch when plugins are listed
     from torch import nn
 
+    from .anatomy import FeatureMaps
     from .engine.options import RunInfo
     from .engine.task import Task
     from .groups import LayerGroups
     from .registry import Registry
     from .sources import Source
     from .specs import FamilySpec, Granularity, InputConfig, Recipe, ResolvedModel, Stage, TransferRules
+    from .tensorops import ClassRows
 
 PROJECT_NAME = "zoo"
 
@@ -163,6 +165,38 @@ def zoo_classifier(model: nn.Module) -> tuple[str, nn.Module] | None:
     :param model: the model (unwrapped from DDP and ``torch.compile``).
     :return: ``(dotted module name, module)``; raise :class:`zoo_core.errors.ZooError` when the
         model's classifier was removed (``nn.Identity``).
+    """
+
+
+@hookspec(firstresult=True)
+def zoo_class_rows(model: nn.Module) -> Sequence[ClassRows] | None:
+    """Return the tensors of ``model`` whose rows are its classes, and how the rows are laid out.
+
+    Stops at first non-None result. Class-aware transfer (``remap-classes``) copies the rows of
+    the classes both models name. Without an answer, core takes the weight and bias of the
+    layer :func:`zoo_classifier` finds, one row per class. Detection heads answer for their
+    own layouts: RetinaNet's anchors times classes, Faster R-CNN's background row first and
+    four box rows per class.
+
+    :param model: the model (unwrapped from DDP and ``torch.compile``).
+    :return: :class:`zoo_core.tensorops.ClassRows`, one per state-dict key; an empty sequence for
+        a model without class rows; ``None`` to pass.
+    """
+
+
+@hookspec(firstresult=True)
+def zoo_feature_maps(model: nn.Module, registry: Registry) -> FeatureMaps | None:
+    """Return how to take ``model``'s multi-scale feature maps (for a detector's neck).
+
+    Stops at first non-None result. The timm plugin uses ``forward_intermediates`` and
+    ``feature_info``; Zoo's own answer (``trylast``) traces the model with torchvision's
+    feature extraction, one map per backbone layer group after the stem. Either way the
+    model's parameters keep their names, so weights move between classifier and detector
+    without renames.
+
+    :param model: the backbone, its classifier removed.
+    :param registry: the registry in use (for the model's layer groups).
+    :return: a :class:`zoo_core.anatomy.FeatureMaps`, or ``None`` to pass.
     """
 
 

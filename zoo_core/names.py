@@ -7,6 +7,7 @@ Examples::
     hf-hub:timm/resnet50.a1_in1k@abc   source hf-hub, name timm/resnet50.a1_in1k, revision abc
     file:./runs/exp1/best.pt           source file, the rest is a path
     maxsight/t5                        no source: an alias, a tier (family/tier) or a bare name
+    timm:resnet18+detector/fcos        composed: a tier's neck and heads over another backbone
 
 Whether the part after the first dot is a tag depends on the source (hf-hub repository ids
 contain dots), so :func:`parse_name` takes ``tagged`` and ``revisioned`` flags; the registry
@@ -21,6 +22,7 @@ import attrs
 
 from .errors import ZooError
 
+COMPOSE = "+"  # BACKBONE+TIER
 _SOURCE_PREFIX = re.compile(r"^(?P<source>[a-z][a-z0-9_-]*):(?!//)(?P<body>.+)$")
 _NAME_BODY = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_\-./]*$")
 

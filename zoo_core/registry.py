@@ -27,7 +27,7 @@ import attrs
 
 from .catalog import Catalog, Where, family_from_mapping, load_catalog, recipe_from_mapping
 from .errors import CatalogError, PluginError, UnknownNameError, did_you_mean
-from .names import is_tier_name, looks_like_path, parse_name, split_source
+from .names import COMPOSE, is_tier_name, looks_like_path, parse_name, split_source
 from .plugins import PluginHost, Registration, load_plugins
 from .sources import Source, SourceIndex, load_index
 from .specs import FamilySpec, LocationKind, Recipe, ResolvedModel, TierSpec, WeightsFile, WeightsPin
@@ -238,6 +238,8 @@ class Registry:
     def _resolve(self, text: str, depth: int) -> ResolvedModel:
         if depth > MAX_ALIAS_DEPTH:
             raise CatalogError(f"alias '{text}' is part of a cycle of aliases; fix the [aliases] section")
+        if COMPOSE in text and not (looks_like_path(text) and Path(text).is_file()):
+            return self._resolve_composed(text, depth)
         source_name, body = split_source(text)
         if source_name is not None:
             return self._resolve_in_source(self.source(source_name), text)
@@ -284,6 +286,28 @@ class Registry:
             class_names=tier.class_names,
             requested=text,
             via=f"tier of family '{family.name}' ({tier.origin})",
+            tier=tier,
+        )
+
+    def _resolve_composed(self, text: str, depth: int) -> ResolvedModel:
+        """``BACKBONE+TIER``: the tier's neck and heads over another backbone (``timm:resnet18+detector/fcos``)."""
+        base_text, _, tier_text = text.rpartition(COMPOSE)
+        if not base_text or not tier_text:
+            raise CatalogError(f"'{text}': a composed name is BACKBONE+TIER, e.g. timm:resnet18+detector/fcos")
+        over = self._resolve(tier_text, depth + 1)
+        if over.tier is None:
+            raise CatalogError(
+                f"'{text}': '{tier_text}' is not a tier; BACKBONE+TIER puts a tier's neck and heads over "
+                "BACKBONE (list tiers with `zoo tiers`)"
+            )
+        base = self._resolve(base_text, depth + 1)
+        tier = attrs.evolve(over.tier, backbone=base.requested if base.source == "file" else base.name, weights=None)
+        return attrs.evolve(
+            over,
+            name=f"{base.name}{COMPOSE}{over.tier.name}",
+            weights=None,  # the backbone's pretrained weights, not the tier's own
+            requested=text,
+            via=f"{over.tier.name}'s neck and heads over {base.name}",
             tier=tier,
         )
 

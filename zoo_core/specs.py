@@ -57,6 +57,7 @@ class ScheduleKind(enum.Enum):
     COSINE = "cosine"
     CONSTANT = "constant"
     LINEAR = "linear"
+    COSINE_RESTARTS = "cosine_restarts"  # SGDR: cosine cycles of restart_epochs, each restart_mult times longer
 
 
 class DriftAction(enum.Enum):
@@ -494,6 +495,8 @@ class Stage:
     drift_guard: DriftGuard | None = None
     batch_size: int | None = attrs.field(default=None, validator=_positive_int)
     weight_decay: float | None = attrs.field(default=None, validator=_non_negative)
+    restart_epochs: float | None = attrs.field(default=None, validator=_positive)  # cosine_restarts: the first cycle
+    restart_mult: float | None = attrs.field(default=None, validator=_positive)  # cosine_restarts: each cycle's growth
 
     @ema.validator
     def _check_ema(self, attribute: attrs.Attribute, value: float | None) -> None:
@@ -513,6 +516,13 @@ class Stage:
             raise SpecValueError("warmup_epochs", f"must not exceed epochs ({self.epochs}), got {self.warmup_epochs}")
         if self.lr.decay is not None and self.lr.decay < 1:
             raise SpecValueError("lr.decay", f"divides the rate per group and must be >= 1, got {self.lr.decay}")
+        restarts = self.schedule is ScheduleKind.COSINE_RESTARTS
+        if restarts and self.restart_epochs is None:
+            raise SpecValueError("restart_epochs", "schedule 'cosine_restarts' needs the first cycle's length in epochs")
+        if not restarts and (self.restart_epochs is not None or self.restart_mult is not None):
+            raise SpecValueError("restart_epochs", f"applies to schedule 'cosine_restarts' only, not '{self.schedule.value}'")
+        if self.restart_mult is not None and self.restart_mult < 1:
+            raise SpecValueError("restart_mult", f"lengthens each cycle and must be >= 1, got {self.restart_mult}")
 
     def to_dict(self) -> dict[str, Any]:
         return to_plain(self)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import attrs
 import torch
 
 
@@ -31,11 +32,43 @@ def truncate_or_pad(source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return result
 
 
-def remap_rows(source: torch.Tensor, source_classes: Sequence[str], target: torch.Tensor, target_classes: Sequence[str]) -> torch.Tensor:
-    """Rows of classes both sides name are copied by class name; other rows keep ``target``'s values."""
+@attrs.frozen
+class ClassRows:
+    """How the first dimension of one tensor holds classes.
+
+    ``repeats`` blocks (anchors per location), each ``leading`` class-free rows (Faster R-CNN's
+    background) followed by ``width`` rows per class (four box coordinates). A classifier's
+    weight is ``ClassRows(key)``: one row per class.
+    """
+
+    key: str
+    repeats: int = 1
+    leading: int = 0
+    width: int = 1
+
+    def rows(self, classes: int) -> int:
+        return self.repeats * (self.leading + classes * self.width)
+
+
+def remap_rows(
+    source: torch.Tensor,
+    source_classes: Sequence[str],
+    target: torch.Tensor,
+    target_classes: Sequence[str],
+    layout: ClassRows | None = None,
+) -> torch.Tensor:
+    """Rows of classes both sides name are copied by class name; other rows keep ``target``'s values.
+
+    With a ``layout``, its class-free leading rows are copied too (they mean the same on both sides).
+    """
+    layout = layout or ClassRows("")
     result = target.detach().clone()
+    source_blocks = source.reshape(layout.repeats, layout.rows(len(source_classes)) // layout.repeats, *source.shape[1:])
+    target_blocks = result.view(layout.repeats, layout.rows(len(target_classes)) // layout.repeats, *result.shape[1:])
+    target_blocks[:, : layout.leading] = source_blocks[:, : layout.leading].to(result.dtype)
     index = {name: row for row, name in enumerate(source_classes)}
     for row, name in enumerate(target_classes):
         if name in index:
-            result[row] = source[index[name]].to(result.dtype)
+            at, to = layout.leading + index[name] * layout.width, layout.leading + row * layout.width
+            target_blocks[:, to : to + layout.width] = source_blocks[:, at : at + layout.width].to(result.dtype)
     return result

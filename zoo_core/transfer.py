@@ -35,13 +35,13 @@ import attrs
 import torch
 from torch import nn
 
-from .anatomy import class_row_keys, first_conv_key
+from .anatomy import class_rows, first_conv_key
 from .checkpoint import TensorInfo, check_finite
 from .errors import TransferError
 from .groups import LayerGroups, layer_groups
 from .registry import Registry
 from .specs import Role, ShapePolicy, TransferRules
-from .tensorops import adapt_input_channels, remap_rows, truncate_or_pad
+from .tensorops import ClassRows, adapt_input_channels, remap_rows, truncate_or_pad
 from .tensors import TensorSource
 
 log = logging.getLogger(__name__)
@@ -150,7 +150,7 @@ class PlanTarget:
     name: str
     info: Mapping[str, TensorInfo]
     groups: LayerGroups
-    class_row_keys: tuple[str, ...] = ()
+    class_rows: Mapping[str, ClassRows] = attrs.field(factory=dict)
     first_conv: str | None = None
     class_names: tuple[str, ...] | None = None
 
@@ -162,7 +162,7 @@ class PlanTarget:
             name,
             {key: TensorInfo(tuple(t.shape), str(t.dtype).removeprefix("torch.")) for key, t in state.items()},
             layer_groups(model, registry=registry),
-            class_row_keys=class_row_keys(model, registry.plugins.hook),
+            class_rows=class_rows(model, registry.plugins.hook),
             first_conv=first_conv_key(state),
             class_names=tuple(class_names) if class_names else None,
         )
@@ -351,7 +351,8 @@ class TransferPlan:
 
     def _value(self, entry: PlanEntry, source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if entry.action is Action.REMAP_CLASSES:
-            return remap_rows(source, self.source.class_names or (), target, self.target.class_names or ())
+            layout = self.target.class_rows[entry.target]
+            return remap_rows(source, self.source.class_names or (), target, self.target.class_names or (), layout)
         if entry.adaptation is Adaptation.INPUT_CHANNELS:
             return adapt_input_channels(source, target.shape[1])
         if entry.adaptation is Adaptation.TRUNCATE_PAD:
@@ -451,7 +452,7 @@ class _Matcher:
         source_shape = self.source.info[source_key].shape
         base = {"shape": info.shape, "group": group, "role": role, "source": source_key, "source_shape": source_shape,
                 "counter": is_counter(info.dtype)}
-        if self.class_aware and target in self.target.class_row_keys:
+        if self.class_aware and target in self.target.class_rows:
             remapped = self._remap(target, source_key, base)
             if remapped is not None:
                 return remapped
@@ -481,7 +482,12 @@ class _Matcher:
     def _remap(self, target: str, source_key: str, base: dict[str, Any]) -> PlanEntry | None:
         source_classes, target_classes = self.source.class_names or (), self.target.class_names or ()
         source_shape, shape = base["source_shape"], base["shape"]
-        fits = source_shape[:1] == (len(source_classes),) and shape[:1] == (len(target_classes),) and source_shape[1:] == shape[1:]
+        layout = self.target.class_rows[target]
+        fits = (
+            source_shape[:1] == (layout.rows(len(source_classes)),)
+            and shape[:1] == (layout.rows(len(target_classes)),)
+            and source_shape[1:] == shape[1:]
+        )
         if not fits or list(source_classes) == list(target_classes):
             return None
         shared = len(set(source_classes) & set(target_classes))

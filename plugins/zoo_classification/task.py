@@ -74,6 +74,16 @@ def _warn_missing(folder: Path, class_names: Sequence[str], present: set[int]) -
         )
 
 
+def _keep_classes(root: Path, names: Sequence[str], keep: Sequence[str], *splits: list[tuple[Path, int]]) -> tuple[list[str], ...]:
+    """Only the ``keep`` classes (``--classes``), in that order, relabelled."""
+    missing = [name for name in keep if name not in names]
+    if missing:
+        raise DataError(f"--classes: {root} has no class folder '{missing[0]}' (its classes: {', '.join(names)}); pick from those")
+    relabel = {names.index(name): new for new, name in enumerate(keep)}
+    kept = [[(path, relabel[label]) for path, label in items if label in relabel] for items in splits]
+    return (list(keep), *kept)
+
+
 def _seeded_split(items: list[tuple[Path, int]], fraction: float, seed: int) -> tuple[list, list]:
     by_class: dict[int, list] = {}
     for item in items:
@@ -171,10 +181,13 @@ class ClassificationTask:
 
     # -- data ------------------------------------------------------------------------------------
 
-    def load_data(self, root: Path, *, seed: int, val_fraction: float) -> TaskData:
+    def load_data(self, root: Path, *, seed: int, val_fraction: float, classes: Sequence[str] | None = None) -> TaskData:
         root = Path(root)
         if not root.is_dir():
             raise DataError(f"{root}: no such data folder")
+        coco = next((f for f in ("train/annotations.json", "annotations.json", "annotations/instances_train2017.json") if (root / f).is_file()), None)
+        if coco is not None:
+            raise DataError(f"{root}: holds COCO detection annotations ({coco}), not class folders; use --task detection")
         train_dir, val_dir = root / "train", root / "val"
         if train_dir.is_dir():
             class_names, train = _read_split(train_dir)
@@ -189,6 +202,8 @@ class ClassificationTask:
             class_names, items = _read_split(root)
             train, val = _seeded_split(items, val_fraction, seed)
             split = f"one folder split {1 - val_fraction:.0%}/{val_fraction:.0%} (seed {seed})"
+        if classes is not None:
+            class_names, train, val = _keep_classes(root, class_names, classes, train, val)
         if len(class_names) < 2:
             raise DataError(f"{root}: found {len(class_names)} class folder; classification needs at least 2")
         if not val:

@@ -61,3 +61,12 @@ def zoo_input_config(model: Any) -> Any:
 def zoo_head_dropout(model: Any) -> Any:
     # timm applies drop_rate functionally before the classifier: no module shows it
     return float(getattr(model, "drop_rate", 0) or 0) if _is_timm(model) else None
+
+
+@hookimpl
+def zoo_feature_maps(model: Any) -> Any:
+    if not _is_timm(model):
+        return None
+    from .anatomy import timm_feature_maps
+
+    return timm_feature_maps(model)

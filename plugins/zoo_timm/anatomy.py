@@ -1,12 +1,14 @@
-"""What timm models know about themselves: classifier, its reset, input config, head dropout."""
+"""What timm models know about themselves: classifier, its reset, input config, head dropout, feature maps."""
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
+import torch
 from torch import nn
 
-from zoo_core.anatomy import module_name
+from zoo_core.anatomy import FeatureMaps, module_name
 from zoo_core.errors import ZooError
 from zoo_core.specs import InputConfig
 
@@ -45,3 +47,21 @@ def timm_input_config(model: Any) -> InputConfig | None:
         crop_pct=float(cfg.get("crop_pct") or InputConfig().crop_pct),
         interpolation=str(cfg.get("interpolation") or "bilinear"),
     ).for_channels(channels)
+
+
+def _intermediates(model: nn.Module, indices: list[int], images: torch.Tensor) -> list[torch.Tensor]:
+    return model.forward_intermediates(images, indices=indices, intermediates_only=True)
+
+
+def timm_feature_maps(model: nn.Module) -> FeatureMaps | None:
+    """Every stage's output through ``forward_intermediates``, described by ``feature_info``."""
+    info = getattr(model, "feature_info", None)
+    if not (callable(getattr(model, "forward_intermediates", None)) and info):
+        return None
+    indices = list(range(len(info)))
+    return FeatureMaps(
+        functools.partial(_intermediates, model, indices),
+        channels=tuple(int(level["num_chs"]) for level in info),
+        strides=tuple(int(level["reduction"]) for level in info),
+        names=tuple(str(level["module"]) for level in info),
+    )

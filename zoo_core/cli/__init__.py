@@ -156,7 +156,7 @@ def _training_commands(command: Command) -> None:
     sub = command("finetune", "run a recipe on a data folder", _handler("train_cmds", "cmd_finetune"))
     sub.add_argument("--recipe", required=True)
     sub.add_argument("--model", required=True, help="registry name or checkpoint to start from")
-    sub.add_argument("--data", required=True, help="image folder (train/ and val/, or one folder to split)")
+    sub.add_argument("--data", required=True, help="image folder (train/ and val/, or one folder to split), or COCO-format data")
     sub.add_argument("--task", help="task plugin (default: the recipe's, else classification)")
     sub.add_argument("--run-dir", help="run folder (default: runs/<recipe>-<model>)")
     sub.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
@@ -171,6 +171,8 @@ def _training_commands(command: Command) -> None:
     sub.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND", help="torch.compile the model")
     sub.add_argument("--no-cache", action="store_true", help="never cache backbone features")
     sub.add_argument("--seed", type=int)
+    sub.add_argument("--detector", help="detection head over the backbone: fcos (default), retinanet, fasterrcnn")
+    sub.add_argument("--classes", help="comma-separated classes to keep, in this order (e.g. one class of multi-class data)")
     sub.add_argument("--json", action="store_true")
 
     sub = command("eval", "evaluate a checkpoint on a data folder", _handler("train_cmds", "cmd_eval"))
@@ -202,7 +204,7 @@ def _configure_logging(verbose: bool, debug: bool) -> None:
         handler.setLevel(logging.ERROR)  # on the handler: commands may lower their loggers' levels
     logging.basicConfig(level=level, format="zoo: %(levelname)s: %(message)s", handlers=[handler], force=True)
     if not debug:  # third-party libraries speak up only when asked
-        for noisy in ("timm", "huggingface_hub", "urllib3", "PIL", "matplotlib"):
+        for noisy in ("timm", "huggingface_hub", "urllib3", "PIL", "matplotlib", "faster_coco_eval"):
             logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
 
 

@@ -13,7 +13,7 @@ from ..engine.api import check_model, evaluate, plan_run, prepare
 from ..engine.options import RunOptions
 from ..features import FeatureExtractor
 from ..plot import plot_runs
-from .common import print_json, registry_for, table
+from .common import parse_classes, print_json, registry_for, table
 
 
 def _argv_without_nproc(argv: list[str]) -> list[str]:
@@ -37,7 +37,7 @@ def run_options(args: Any) -> Any:
         recipe=args.recipe, model=args.model, data=args.data, task=args.task, run_dir=args.run_dir, resume=args.resume,
         overrides=args.set, pretrained=args.pretrained, image_size=args.image_size, in_chans=args.in_chans,
         val_fraction=args.val_fraction, workers=args.workers, device=args.device, compile_backend=args.compile,
-        use_cache=not args.no_cache, seed=args.seed,
+        use_cache=not args.no_cache, seed=args.seed, detector=args.detector, classes=parse_classes(args.classes),
     )  # fmt: skip
 
 
@@ -63,6 +63,8 @@ def _print_result(result: Any) -> None:
     final = result.final
     if "accuracy" in final:
         print(f"final val accuracy {final['accuracy']:.4f}, val loss {final['val_loss']:.4f}")
+    if "map" in final:
+        print(f"final val map {final['map']:.4f}, map_50 {final['map_50']:.4f}, f1 {final['f1']:.4f}, val loss {final['val_loss']:.4f}")
     if result.stopped:
         print(f"stopped: {result.stopped}")
 

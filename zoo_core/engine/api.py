@@ -21,7 +21,7 @@ import torch
 
 from ..anatomy import input_config
 from ..checkpoint import KNOWN_PREFIXES, read_checkpoint
-from ..errors import CheckpointError, DataError
+from ..errors import CheckpointError, DataError, RunError
 from ..groups import layer_groups
 from ..models import build_skeleton, create_model
 from ..paths import display
@@ -52,6 +52,7 @@ class RunPlan:
     options: RunOptions
     recipe: Recipe
     seed: int
+    model: str  # the name to build: the task may compose it (a backbone name becomes NAME+detector/fcos)
     task_name: str
     task: Task
     data: TaskData
@@ -67,11 +68,14 @@ def plan_run(options: RunOptions, *, registry: Registry, world_size: int = 1) ->
     task = registry.task(task_name)
     check_augment_keys(recipe, task)
     check_batch_split(recipe, world_size)
-    data = task.load_data(options.data, seed=seed, val_fraction=options.val_fraction)
+    model = _model_name(task, task_name, options, registry)
+    kept = {"classes": options.classes} if options.classes is not None else {}  # tasks without --classes keep working
+    data = task.load_data(options.data, seed=seed, val_fraction=options.val_fraction, **kept)
     folder = RunFolder(options.run_dir or default_run_dir(options.recipe, options.model))
     record = {
         "recipe": recipe.to_dict(),
         "model": options.model,
+        **({"architecture": model} if model != options.model else {}),
         "task": task_name,
         "data": str(options.data.resolve()),
         "seed": seed,
@@ -81,7 +85,17 @@ def plan_run(options: RunOptions, *, registry: Registry, world_size: int = 1) ->
         "pretrained": options.pretrained,
     }
     folder.check(record, resume=options.resume)
-    return RunPlan(options, recipe, seed, task_name, task, data, folder, record)
+    return RunPlan(options, recipe, seed, model, task_name, task, data, folder, record)
+
+
+def _model_name(task: Task, task_name: str, options: RunOptions, registry: Registry) -> str:
+    """The name the run builds: a task with ``model_name`` composes it (detection puts a detector over a backbone)."""
+    compose = getattr(task, "model_name", None)
+    if callable(compose):
+        return compose(options.model, detector=options.detector, registry=registry)
+    if options.detector is not None:
+        raise RunError(f"--detector applies to --task detection, not to '{task_name}'; leave it out or pick the task")
+    return options.model
 
 
 def check_model(plan: RunPlan, *, registry: Registry) -> None:
@@ -89,7 +103,7 @@ def check_model(plan: RunPlan, *, registry: Registry) -> None:
 
     The launcher of a multi-process run calls it so that bad input fails once, before torchrun starts.
     """
-    resolved = registry.resolve(plan.options.model)
+    resolved = registry.resolve(plan.model)
     skeleton = build_skeleton(resolved, registry=registry, num_classes=plan.task.num_classes(plan.data), **plan.options.model_options)
     groups = layer_groups(skeleton, granularity=plan.recipe.granularity, registry=registry)
     TrainingSchedule(plan.recipe, groups, registry.plugins.hook.zoo_unfreeze_schedule(recipe=plan.recipe, groups=groups))
@@ -155,19 +169,22 @@ def prepare(options: RunOptions, *, registry: Registry) -> PreparedRun:
     device = configure(chosen)
     torch.manual_seed(plan.seed)  # new heads start from the same initialisation on every rank and every run
     start = start_model(
-        options.model, registry=registry, class_names=plan.data.class_names, num_classes=plan.task.num_classes(plan.data),
+        plan.model, registry=registry, class_names=plan.data.class_names, num_classes=plan.task.num_classes(plan.data),
         pretrained=options.pretrained, **options.model_options,
     )  # fmt: skip
     inputs = input_config(start.model, registry.plugins.hook, image_size=options.image_size)
     provenance = {
         **start.provenance,
         "task": plan.task_name,
-        "data": {"root": str(options.data.resolve()), "seed": plan.seed, "val_fraction": options.val_fraction, "split": plan.data.split},
+        "data": {
+            "root": str(options.data.resolve()), "seed": plan.seed, "val_fraction": options.val_fraction, "split": plan.data.split,
+            **({"classes": list(options.classes)} if options.classes is not None else {}),
+        },
         "input": inputs.to_dict(),
     }
     groups = layer_groups(start.model, granularity=plan.recipe.granularity, registry=registry)
     schedule = TrainingSchedule(plan.recipe, groups, registry.plugins.hook.zoo_unfreeze_schedule(recipe=plan.recipe, groups=groups))
-    info = RunInfo(plan.folder.path, plan.recipe, options.model, plan.task_name, dist.rank, dist.world_size)
+    info = RunInfo(plan.folder.path, plan.recipe, plan.model, plan.task_name, dist.rank, dist.world_size)
     context = RunContext(
         options, plan.recipe, plan.task, plan.data, inputs, schedule, device, dist, plan.folder, info, registry.plugins.hook, plan.seed, provenance
     )  # fmt: skip
@@ -179,7 +196,8 @@ def finetune(recipe: str, model: str, data: str | Path, *, registry: Registry | 
 
     ``choices`` are :class:`~.options.RunOptions` fields (``run_dir``, ``resume``,
     ``overrides``, ``pretrained``, ``image_size``, ``in_chans``, ``val_fraction``, ``workers``,
-    ``device``, ``compile_backend``, ``use_cache``, ``seed``, ``task``). Every input is checked
+    ``device``, ``compile_backend``, ``use_cache``, ``seed``, ``task``, ``detector``, ``classes``).
+    Every input is checked
     before the run folder is written.
     """
     options = RunOptions.of(recipe, model, data, **choices)
@@ -224,7 +242,10 @@ def evaluate(
     provenance = loaded.provenance
     task_obj = registry.task(task or provenance.get("task") or "classification")
     data_info: Mapping[str, Any] = provenance.get("data") or {}
-    task_data = task_obj.load_data(Path(data), seed=int(data_info.get("seed", 0)), val_fraction=float(data_info.get("val_fraction", 0.2)))
+    kept = {"classes": data_info["classes"]} if data_info.get("classes") is not None else {}  # the run's --classes
+    task_data = task_obj.load_data(
+        Path(data), seed=int(data_info.get("seed", 0)), val_fraction=float(data_info.get("val_fraction", 0.2)), **kept
+    )
     expected = provenance.get("class_names")
     if expected and list(expected) != list(task_data.class_names):
         raise DataError(

@@ -48,7 +48,7 @@ def progress(iterable: Iterable[Any], *, total: int, description: str, enabled: 
 def format_row(row: Mapping[str, Any]) -> str:
     """One line per epoch for the console."""
     parts = [f"stage {row['stage']} ({row['stage_name']}) epoch {row['epoch_in_stage'] + 1}/{row['stage_epochs']}"]
-    for key in ("train_loss", "val_loss", "accuracy", "top5", "f1_macro"):
+    for key in ("train_loss", "val_loss", "accuracy", "top5", "f1_macro", "map", "map_50", "f1"):
         if key in row and isinstance(row[key], (int, float)):
             parts.append(f"{key} {row[key]:.4f}")
     parts.append(f"{row.get('seconds', 0):.1f}s")

@@ -57,6 +57,8 @@ class RunOptions:
     compile_backend: str | None = None
     use_cache: bool = True
     seed: int | None = None
+    detector: str | None = None  # a detector tier for --task detection: NAME+detector/DETECTOR
+    classes: tuple[str, ...] | None = attrs.field(default=None, converter=lambda value: None if value is None else tuple(value))
 
     @classmethod
     def of(cls, recipe: str, model: str, data: str | Path, **choices: Any) -> RunOptions:

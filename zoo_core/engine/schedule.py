@@ -1,5 +1,6 @@
 """What trains when, at which rate: the trainable groups and base rates of every epoch, and the
-learning-rate shape within a stage (linear warmup, then cosine, linear or constant).
+learning-rate shape within a stage (linear warmup, then cosine, cosine with warm restarts,
+linear or constant).
 
 :class:`TrainingSchedule` is computed once, before training: the unfreeze schedule (a hook)
 says which groups train in each epoch, :func:`zoo_core.optim.stage_learning_rates` gives
@@ -44,7 +45,24 @@ def lr_factor(stage: Stage, step: int, steps_per_epoch: int) -> float:
         return (step + 1) / warmup
     if stage.schedule is ScheduleKind.CONSTANT:
         return 1.0
+    if stage.schedule is ScheduleKind.COSINE_RESTARTS:
+        return _restart_factor(stage, (step - warmup) / steps_per_epoch)
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     if stage.schedule is ScheduleKind.LINEAR:
         return 1.0 - progress
     return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def _restart_factor(stage: Stage, epochs: float) -> float:
+    """SGDR (``torch.optim.lr_scheduler.CosineAnnealingWarmRestarts``'s curve), counted in epochs after warmup.
+
+    Computed from the step rather than by a scheduler object, so resume needs no state.
+    """
+    cycle, mult = float(stage.restart_epochs or 1.0), float(stage.restart_mult or 1.0)
+    if mult == 1.0:
+        into = epochs % cycle
+    else:
+        index = int(math.log(epochs / cycle * (mult - 1) + 1, mult))
+        into = epochs - cycle * (mult**index - 1) / (mult - 1)
+        cycle = cycle * mult**index
+    return 0.5 * (1.0 + math.cos(math.pi * into / cycle))

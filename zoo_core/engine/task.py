@@ -8,7 +8,8 @@ the task touches them.
 
 Optional: ``cached_batch(dataset, indices, inputs)`` builds a batch of the given items with
 the given (cached trunk) inputs without loading the items' images; the feature cache uses it
-when present.
+when present. ``model_name(name, *, detector, registry)`` says which model to build for the
+name the user gave (detection composes ``NAME+detector/fcos``).
 """
 
 from __future__ import annotations
@@ -59,7 +60,9 @@ class Task(Protocol):
     augment_keys: frozenset[str]  # the stage `augment` settings this task understands
     monitor: tuple[str, str]  # default metric for `best` and its mode, e.g. ("val_loss", "min")
 
-    def load_data(self, root: Path, *, seed: int, val_fraction: float) -> TaskData: ...
+    def load_data(self, root: Path, *, seed: int, val_fraction: float, classes: Sequence[str] | None = None) -> TaskData:
+        """Read a data folder; ``classes`` (``--classes``) keeps only those classes, in that order."""
+        ...
 
     def num_classes(self, data: TaskData) -> int:
         """Outputs the model's classifier needs for ``data`` (the engine never counts them itself)."""

@@ -1,0 +1,166 @@
+"""Object detection on COCO-format data (see :mod:`.coco` for the layouts).
+
+The model is a :class:`~.model.Detector`: a registry backbone name is composed with a detector
+tier (``NAME+detector/fcos``, ``--detector retinanet`` …). The loss is the head's named
+components (FCOS: ``classification``, ``bbox_regression``, ``bbox_ctrness``), each weighted by
+the stage's ``loss_scales``; validation computes them too, with the model in eval mode.
+Metrics: COCO mAP and precision/recall/F1 at IoU 0.5 (:mod:`.metrics`); ``best`` follows ``map``.
+
+Stage ``augment`` settings: ``hflip``, ``scale_jitter``, ``mosaic``, ``mixup``, ``mixup_alpha``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from zoo_core.engine.task import TaskData
+from zoo_core.errors import DataError, RunError, UnknownNameError
+from zoo_core.names import COMPOSE, looks_like_path, split_source
+from zoo_core.paths import display
+from zoo_core.specs import InputConfig, Recipe
+
+from .coco import check_classes, find_annotations, read_split, seeded_split
+
+DETECTOR_FAMILY = "detector"
+DETECTOR_BUILDER = "zoo_detection.model:build_detector"
+DEFAULT_DETECTOR = "fcos"
+SCORE_THRESHOLD = 0.5  # precision/recall/F1 count detections scoring at least this
+
+
+def _category_names(split: Any) -> list[str]:
+    return [name for _, name in split.categories]
+
+
+class DetectionTask:
+    name = "detection"
+    augment_keys = frozenset({"hflip", "scale_jitter", "mosaic", "mixup", "mixup_alpha"})
+    augment_settings = frozenset({"mixup_alpha"})
+    monitor = ("map", "max")
+
+    # -- data ----------------------------------------------------------------------------------
+
+    def load_data(self, root: Path, *, seed: int, val_fraction: float, classes: Sequence[str] | None = None) -> TaskData:
+        root = Path(root)
+        if not root.is_dir():
+            raise DataError(f"{root}: no such data folder")
+        found = find_annotations(root)
+        if found is None:
+            raise DataError(
+                f"{display(root)}: no COCO annotations (looked for train/annotations.json, annotations/instances_train2017.json "
+                "and annotations.json); for folders of class subfolders use --task classification"
+            )
+        train_file, val_file, layout = found
+        keep = list(classes) if classes is not None else None
+        train = read_split(train_file, keep=keep)  # parsed once; the file's categories are all listed
+        if keep is not None:
+            check_classes(keep, _category_names(train), display(train_file))
+        names = keep or _category_names(train)
+        if val_file is not None:
+            val = read_split(val_file, keep=names)
+            missing = [name for name in names if name not in _category_names(val)]
+            if missing:
+                raise DataError(f"{display(val_file)}: has no category '{missing[0]}', which {display(train_file)} has; add it to its categories")
+            train_records, val_records, split = list(train.images), list(val.images), layout
+        else:
+            train_records, val_records = seeded_split(train.images, val_fraction, seed)
+            split = f"{layout} split {1 - val_fraction:.0%}/{val_fraction:.0%} of the images (seed {seed})"
+        if not names:
+            raise DataError(f"{display(train_file)}: no categories; detection needs at least one")
+        if not val_records:
+            raise DataError(f"{display(root)}: no validation images; add {root}/val/annotations.json or more images")
+        return TaskData(root, tuple(names), train_records, val_records, split)
+
+    def num_classes(self, data: TaskData) -> int:
+        return len(data.class_names)
+
+    def model_name(self, name: str, *, detector: str | None, registry: Any) -> str:
+        """The detector to build for ``name``: itself when it is one (or a checkpoint), else ``NAME+detector/KIND``."""
+        prefix, body = split_source(name)
+        if prefix == "file" or (looks_like_path(name) and Path(name).expanduser().is_file()):
+            if detector is not None:
+                raise RunError(f"--detector: {name} is a checkpoint, which already has its detector; leave --detector out")
+            return name
+        resolved = registry.resolve(name)
+        if resolved.tier is not None and registry.family(resolved.tier.family).builder == DETECTOR_BUILDER:
+            if detector is not None:
+                raise RunError(f"--detector: {name} is already a detector ({resolved.tier.name}); leave --detector out")
+            return name
+        try:
+            tier = registry.resolve(f"{DETECTOR_FAMILY}/{detector or DEFAULT_DETECTOR}")
+        except UnknownNameError as exc:
+            raise RunError(f"--detector {detector!r}: {exc}") from None
+        return f"{name}{COMPOSE}{tier.name}"
+
+    def dataset(self, data: TaskData, split: str, *, input_config: InputConfig, augment: Mapping[str, Any]) -> Any:
+        from .data import DetectionDataset
+
+        training = split == "train"
+        return DetectionDataset(data.train if training else data.val, input_config, augment if training else {}, training=training)
+
+    def collate(self, items: Sequence[Any]) -> Any:
+        from .data import collate
+
+        return collate(items)
+
+    def deterministic(self, augment: Mapping[str, Any]) -> bool:
+        return not any(augment.get(key) for key in self.augment_keys - self.augment_settings)
+
+    def augment_batch(self, batch: Any, augment: Mapping[str, Any], generator: Any) -> Any:
+        """Mosaic or mixup, each with its probability per batch."""
+        import torch
+
+        from .data import mixup, mosaic
+
+        chance_mosaic, chance_mixup = float(augment.get("mosaic", 0) or 0), float(augment.get("mixup", 0) or 0)
+        if not (chance_mosaic or chance_mixup):
+            return batch
+        draw = float(torch.rand((), generator=generator))
+        if draw >= chance_mosaic + chance_mixup:
+            return batch
+        if draw < chance_mosaic:
+            images, targets = mosaic(batch.images, batch.targets, generator)
+        else:
+            images, targets = mixup(batch.images, batch.targets, generator, float(augment.get("mixup_alpha", 1.5)))
+        return attrs.evolve(batch, images=images, targets=targets)
+
+    # -- model, loss, metrics -------------------------------------------------------------------
+
+    def to_device(self, batch: Any, device: Any, channels_last: bool) -> Any:
+        import torch
+
+        images = batch.images.to(device, non_blocking=True)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        targets = [{key: value.to(device, non_blocking=True) for key, value in target.items()} for target in batch.targets]
+        return attrs.evolve(batch, images=images, targets=targets)
+
+    def inputs(self, batch: Any) -> Any:
+        return batch.images
+
+    def with_inputs(self, batch: Any, inputs: Any) -> Any:
+        return attrs.evolve(batch, images=inputs)
+
+    def forward(self, model: Any, batch: Any) -> Any:
+        return model(batch.images, batch.targets)
+
+    def loss(self, outputs: Any, batch: Any, *, loss_scales: Mapping[str, float], recipe: Recipe | None) -> dict[str, Any]:
+        components = dict(outputs.losses)
+        if not components:
+            raise RunError("the detector returned no losses; it must be given the batch's targets")
+        unknown = sorted(set(loss_scales) - set(components))
+        if unknown:
+            raise RunError(f"loss_scales.{unknown[0]}: the detector's losses are {', '.join(components)}; scale one of those")
+        total = sum(value * float(loss_scales.get(name, 1.0)) for name, value in components.items())
+        return {"loss": total, **{name: value.detach() for name, value in components.items()}}
+
+    def metrics(self, data: TaskData) -> Any:
+        from .metrics import DetectionMetrics
+
+        return DetectionMetrics(SCORE_THRESHOLD)
+
+    def batch_size(self, batch: Any) -> int:
+        return len(batch)
