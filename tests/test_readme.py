@@ -4,7 +4,7 @@ Every ``$ command`` line of a ``console`` block runs, in order, in one sandbox f
 block whose first line is ``# FILE`` is written to FILE at that point; ``python`` blocks run as
 scripts. The sandbox stands in for a connected machine: the Hugging Face cache already holds
 ``timm/resnet10t.c3_in1k`` (written by timm's own ``save_for_hf``), ``my_images`` holds a small
-image folder and ``resnet14t.safetensors`` is the file "brought over" for ``zoo import``.
+image folder, ``my_coco`` a small COCO-format detection set, and ``resnet14t.safetensors`` is the file "brought over" for ``zoo import``.
 ``pip install`` lines install into a folder of the sandbox instead of the developer's venv.
 The Quickstart's two setup commands are what CI itself runs (checked below, not re-run here).
 """
@@ -49,6 +49,10 @@ def _sandbox(work: Path) -> dict[str, str]:
 
     write_hf_snapshot("timm/resnet10t.c3_in1k", timm.create_model("resnet10t.c3_in1k", pretrained=False))
     write_image_folder(work / "my_images", classes=3, per_class=12, size=24)
+    from zoo_detection.scenes import write_digit_scenes  # COCO-format scenes of real digits, for the detection section
+
+    write_digit_scenes(work / "my_coco" / "train", 12, seed=0, size=64, digit=20, digits=(3, 7, 9))
+    write_digit_scenes(work / "my_coco" / "val", 4, seed=1, size=64, digit=20, digits=(3, 7, 9))
     save_file(timm.create_model("resnet14t", pretrained=False).state_dict(), work / "resnet14t.safetensors")
     (work / "examples").symlink_to(ROOT / "examples")
     site = work / "site"

@@ -41,6 +41,7 @@ _LAZY = {
     "ZooModel": "zoo_core.zoomodel",
     "finetune": "zoo_core.engine.api",
     "evaluate": "zoo_core.engine.api",
+    "load_model": "zoo_core.inference",
 }
 
 __all__ = ["ZooError", "hookimpl", "__version__", *_LAZY]

@@ -27,7 +27,7 @@ def plot_runs(run_dirs: Sequence[Path], output: Path, labels: Sequence[str] | No
         raise ZooError("plotting needs matplotlib: pip install 'zoo[plot]' (or pip install matplotlib)") from None
     histories = [read_history(Path(path)) for path in run_dirs]
     labels = list(labels) if labels else [Path(path).name for path in run_dirs]
-    metric = next((key for key in ("accuracy", "f1_macro", "top5") if histories and key in histories[0][0]), None)
+    metric = next((key for key in ("accuracy", "map", "f1_macro", "top5") if histories and key in histories[0][0]), None)
     figure, axes = plt.subplots(1, 2 if metric else 1, figsize=(11 if metric else 6, 4), squeeze=False)
     loss_axis = axes[0][0]
     for history, label in zip(histories, labels):

@@ -312,6 +312,33 @@ class ClassificationTask:
     def batch_size(self, batch: Batch) -> int:
         return len(batch)
 
+    # -- prediction ---------------------------------------------------------------------------------
+
+    def predict_transform(self, input_config: InputConfig) -> Any:
+        """One image as in validation: resized to the input size, then normalised."""
+        from torchvision.transforms import v2
+
+        return v2.Compose([v2.Resize([input_config.size, input_config.size], antialias=True), self._transform(input_config, {})])
+
+    def predict(self, loaded: Any, paths: Sequence[Path], *, threshold: float | None, top_k: int | None) -> list[dict[str, Any]]:
+        """The ``top_k`` (default 5) most probable classes of each image, with probabilities at least ``threshold``."""
+        import torch
+
+        transform = self.predict_transform(loaded.input_config)
+        names = loaded.class_names
+        k = min(top_k or 5, len(names))
+        answers = []
+        for start in range(0, len(paths), 32):
+            chunk = paths[start : start + 32]
+            inputs = torch.stack([transform(read_image(path, loaded.input_config.channels)) for path in chunk]).to(loaded.device)
+            with torch.no_grad():
+                probabilities = self.forward(loaded.model, Batch(inputs, None, None, len(names))).float().softmax(dim=1).cpu()
+            values, indices = probabilities.topk(k, dim=1)
+            for path, row_values, row_indices in zip(chunk, values.tolist(), indices.tolist()):
+                classes = [{"name": names[i], "probability": p} for p, i in zip(row_values, row_indices) if p >= (threshold or 0.0)]
+                answers.append({"image": str(path), "classes": classes})
+        return answers
+
 
 def _mosaic(inputs: Any, soft: Any, generator: Any) -> tuple[Any, Any]:
     """Tile each image with three others (half resolution each); labels weighted by area."""
@@ -329,3 +356,15 @@ def _mosaic(inputs: Any, soft: Any, generator: Any) -> tuple[Any, Any]:
         mosaic = F.interpolate(mosaic, size=(height, width), mode="bilinear", align_corners=False)
     targets = sum(soft[order.to(soft.device)] for order in orders) / 4
     return mosaic, targets
+
+
+def read_image(path: Path, channels: int) -> Any:
+    """An image file as a uint8 tensor (C, H, W); an unreadable file is a DataError naming it."""
+    from PIL import Image, UnidentifiedImageError
+    from torchvision.transforms.v2 import functional as F
+
+    try:
+        with Image.open(path) as image:
+            return F.pil_to_tensor(image.convert("L" if channels == 1 else "RGB"))
+    except (UnidentifiedImageError, OSError) as exc:
+        raise DataError(f"{path}: cannot read this image ({exc}); remove or replace it") from None

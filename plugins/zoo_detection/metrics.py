@@ -78,7 +78,8 @@ class DetectionMetrics:
     def __init__(self, threshold: float = 0.5) -> None:
         from torchmetrics.detection import MeanAveragePrecision
 
-        self.average_precision = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend="faster_coco_eval")
+        # the engine evaluates on rank 0 alone: a metric that gathered across ranks would wait forever
+        self.average_precision = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend="faster_coco_eval", sync_on_compute=False)
         self.counts = ThresholdCounts(threshold)
 
     def update(self, outputs: Any, batch: Any) -> None:

@@ -164,3 +164,29 @@ class DetectionTask:
 
     def batch_size(self, batch: Any) -> int:
         return len(batch)
+
+    def demo(self, out: str | Path, *, quick: bool = False, seed: int = 0) -> dict[str, Any]:
+        """``zoo demo detection``: pretrain on digit scenes, fine-tune on tree crowns, against scratch."""
+        from .demo import run_detection_demo
+
+        return run_detection_demo(out, quick=quick, seed=seed)
+
+    # -- prediction ---------------------------------------------------------------------------------
+
+    def predict_transform(self, input_config: InputConfig) -> Any:
+        """One image as in validation: letterboxed to the input size, then normalised."""
+        from .data import sample_transform
+
+        return sample_transform(input_config, {})
+
+    def predict(self, loaded: Any, paths: Sequence[Path], *, threshold: float | None, top_k: int | None) -> list[dict[str, Any]]:
+        """Boxes scoring at least ``threshold`` (default 0.5), at most ``top_k`` per image, in the file's pixels."""
+        from .predict import predict_boxes
+
+        return predict_boxes(loaded, paths, self.predict_transform(loaded.input_config), threshold=SCORE_THRESHOLD if threshold is None else threshold, top_k=top_k)
+
+    def draw(self, answer: Mapping[str, Any], output: Path) -> Path:
+        """The image with its boxes, class names and scores drawn, as ``output/<name>.png``."""
+        from .predict import draw_boxes
+
+        return draw_boxes(answer, output)

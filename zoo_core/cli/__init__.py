@@ -183,6 +183,15 @@ def _training_commands(command: Command) -> None:
     sub.add_argument("--device")
     sub.add_argument("--json", action="store_true")
 
+    sub = command("predict", "classes (or boxes) for new images with a trained checkpoint", _handler("train_cmds", "cmd_predict"))
+    sub.add_argument("checkpoint")
+    sub.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER")
+    sub.add_argument("--threshold", type=float, help="lowest probability or box score shown (detection default: 0.5)")
+    sub.add_argument("--top-k", type=COUNT, help="classes (default 5) or boxes per image")
+    sub.add_argument("--device")
+    sub.add_argument("--json", action="store_true")
+    sub.add_argument("-o", "--output", metavar="OUT", help="write each image with its boxes drawn into this folder")
+
     sub = command("plot", "draw loss and metric curves of a run, with stage boundaries", _handler("train_cmds", "cmd_plot"))
     sub.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     sub.add_argument("-o", "--output", metavar="FILE.png")
@@ -190,9 +199,13 @@ def _training_commands(command: Command) -> None:
 
 def _demo_command(command: Command) -> None:
     """`zoo` commands for the main job on bundled data."""
-    sub = command("demo", "transfer beats scratch: pretrain on digits 0-4, transfer to 5-9", _handler("demo_cmds", "cmd_demo"))
+    sub = command(
+        "demo", "transfer against scratch on bundled real data: digits (classification) or tree crowns (detection)",
+        _handler("demo_cmds", "cmd_demo"),
+    )  # fmt: skip
+    sub.add_argument("task", nargs="?", default="classification", help="classification (default) or detection")
     sub.add_argument("--quick", action="store_true", help="a smoke-sized run")
-    sub.add_argument("--out", default="zoo-demo", help="output folder")
+    sub.add_argument("--out", help="output folder (default: zoo-demo, or zoo-demo-TASK)")
     sub.add_argument("--seed", type=int, default=0)
     sub.add_argument("--json", action="store_true")
 

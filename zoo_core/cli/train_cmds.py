@@ -100,6 +100,33 @@ def cmd_eval(args: Any) -> int:
     return 0
 
 
+def cmd_predict(args: Any) -> int:
+    from ..errors import ZooError
+    from ..inference import image_files, load_model
+
+    if args.threshold is not None and not 0 <= args.threshold <= 1:
+        raise ZooError(f"--threshold must be between 0 and 1, got {args.threshold}")
+    loaded = load_model(args.checkpoint, device=args.device, registry=registry_for(args))
+    draw = getattr(loaded.task, "draw", None)
+    if args.output and not callable(draw):
+        raise ZooError(f"-o draws boxes, and task '{loaded.task.name}' predicts none; use --json to keep the predictions")
+    answers = loaded.predict(image_files(args.images), threshold=args.threshold, top_k=args.top_k)
+    drawn = [str(draw(answer, Path(args.output))) for answer in answers] if args.output else []
+    if args.json:
+        print_json(answers)
+        return 0
+    for answer in answers:
+        if "classes" in answer:
+            print(f"{answer['image']}: " + ", ".join(f"{c['name']} {c['probability']:.4f}" for c in answer["classes"]))
+        else:
+            print(f"{answer['image']}: {len(answer['boxes'])} boxes")
+            for found in answer["boxes"]:
+                print(f"  {found['class']} {found['score']:.4f} [{', '.join(f'{v:.1f}' for v in found['box'])}]")
+    for path in drawn:
+        print(f"wrote {path}")
+    return 0
+
+
 def cmd_features(args: Any) -> int:
 
 

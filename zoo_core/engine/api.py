@@ -219,7 +219,7 @@ def model_from_checkpoint(path: str | Path, *, registry: Registry | None = None)
     return model, checkpoint
 
 
-def _recorded_inputs(provenance: Mapping[str, Any], model: Any, registry: Registry) -> InputConfig:
+def recorded_inputs(provenance: Mapping[str, Any], model: Any, registry: Registry) -> InputConfig:
     """The input config the run trained with, as its provenance records it."""
     recorded = dict(provenance.get("input") or {})
     known = {field.name for field in attrs.fields(InputConfig)}
@@ -256,5 +256,5 @@ def evaluate(
     model = model.to(device_cfg.device)
     items = {"val": task_data.val, "train": task_data.train, "all": [*task_data.train, *task_data.val]}[split]
     evaluated = attrs.evolve(task_data, val=items)
-    dataset = task_obj.dataset(evaluated, "val", input_config=_recorded_inputs(provenance, model, registry), augment={})
+    dataset = task_obj.dataset(evaluated, "val", input_config=recorded_inputs(provenance, model, registry), augment={})
     return evaluate_model(model, task_obj, dataset, data=evaluated, batch_size=64, device=device_cfg)
