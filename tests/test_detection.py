@@ -115,7 +115,7 @@ def test_crowd_boxes_are_left_out_of_training_targets_and_ignored_when_matching(
     edit_annotations(scenes, crowd_first)
     record = read_split(scenes / "train" / "annotations.json").images[0]
     assert record.crowd[0] and len(record.boxes) >= 1
-    dataset = DetectionDataset([record], InputConfig(size=SIZE), {}, training=True)
+    dataset = DetectionDataset([record], InputConfig(size=SIZE), {})
     _, target, _ = dataset[0]
     assert len(target["boxes"]) == len(record.boxes) - 1
     batch = collate([dataset[0]])
@@ -175,7 +175,7 @@ def test_the_feature_maps_hook_decides_what_the_neck_sees(make_registry) -> None
     registry = make_registry(LastTwoOnly())
     model = zoo_core.create_model(FCOS, num_classes=2, registry=registry)
     assert model.neck.strides == (16, 32, 64, 128)  # two maps, then P6 and P7
-    assert [tuple(t.shape[-2:]) for t in model.trunk(torch.zeros(1, 3, SIZE, SIZE))] == [(4, 4), (2, 2)]
+    assert [tuple(t.shape[-2:]) for t in model.forward_features(torch.zeros(1, 3, SIZE, SIZE))] == [(4, 4), (2, 2)]
 
 
 # --- class-aware transfer ------------------------------------------------------------------------------------
@@ -253,7 +253,7 @@ def test_a_box_drawn_into_the_pixels_stays_under_its_box(tmp_path: Path, augment
     record = read_split(_box_scene(tmp_path / "scene")).images[0]
     plain = InputConfig(size=SIZE, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
     torch.manual_seed(0)
-    dataset = DetectionDataset([record], plain, augment, training=True)
+    dataset = DetectionDataset([record], plain, augment)
     for _ in range(5):
         image, target, _ = dataset[0]
         assert image.shape == (3, SIZE, SIZE) and len(target["boxes"]) <= 1
@@ -265,7 +265,7 @@ def test_a_box_drawn_into_the_pixels_stays_under_its_box(tmp_path: Path, augment
 def test_mosaic_moves_every_box_with_its_pixels(tmp_path: Path) -> None:
     record = read_split(_box_scene(tmp_path / "scene")).images[0]
     plain = InputConfig(size=SIZE, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
-    batch = collate([DetectionDataset([record], plain, {}, training=True)[0]] * 4)
+    batch = collate([DetectionDataset([record], plain, {})[0]] * 4)
     images, targets = mosaic(batch.images, batch.targets, torch.Generator().manual_seed(0))
     assert images.shape == batch.images.shape and all(len(t["boxes"]) == 4 for t in targets)  # four tiles, four boxes
     for image, target in zip(images, targets):
@@ -338,6 +338,8 @@ BAD_DATA = {
     "unknown category": (lambda root: edit_annotations(root, lambda d: d["annotations"][0].__setitem__("category_id", 99)),
                          ("annotation 1 (image 1): unknown category_id 99",)),
     "missing image": (_remove_first_image_file, ("image 1: file not found", "0000.png")),
+    "orphan annotation": (lambda root: edit_annotations(root, lambda d: d["annotations"][0].__setitem__("image_id", 999)),
+                          ("annotation 1: image id 999 is not in 'images'",)),
     "duplicate id": (lambda root: edit_annotations(root, lambda d: d["images"][1].__setitem__("id", 1)), ("image id 1 appears twice",)),
     "unreadable image": (_garble_first_image, ("0000.png (image 1 in", "cannot read this image")),
     "wrong size": (lambda root: edit_annotations(root, lambda d: d["images"][0].__setitem__("width", 70)),
@@ -394,3 +396,96 @@ def test_data_errors_are_data_errors(scenes: Path) -> None:
     edit_annotations(scenes, lambda d: d["annotations"][0].__setitem__("bbox", [1, 2, 3]))
     with pytest.raises(DataError, match=r"annotation 1 \(image 1\): 'bbox' must be \[x, y, width, height\]"):
         default_registry().task("detection").load_data(scenes, seed=0, val_fraction=0.2)
+
+
+# --- predict --------------------------------------------------------------------------------------------------
+
+
+def _classifier_checkpoint(path: Path) -> Path:
+    from zoo_core.provenance import make_provenance
+
+    torch.manual_seed(0)
+    model = zoo_core.create_model(BACKBONE, num_classes=3)
+    provenance = {**make_provenance(model=BACKBONE, num_classes=3, class_names=["ant", "bee", "cow"]), "task": "classification", "input": {"size": 32}}
+    torch.save({"model_state_dict": model.state_dict(), "provenance": provenance}, path)
+    return path
+
+
+def test_predict_gives_each_image_its_top_classes_as_the_model_scores_them(zoo) -> None:
+    checkpoint = _classifier_checkpoint(Path("classifier.pt"))
+    folder = write_image_folder(Path("images"), classes=3, per_class=2, size=40)
+    result = zoo("predict", checkpoint, folder / "train", "--top-k", "2", "--json")
+    assert result.code == 0, result
+    answers = json.loads(result.out)
+    assert len(answers) == 6 and all(len(answer["classes"]) == 2 for answer in answers)
+    loaded = zoo_core.load_model(checkpoint)
+    first = Path(answers[0]["image"])
+    from zoo_classification.task import read_image
+
+    with torch.no_grad():
+        expected = loaded.model(loaded.transform(read_image(first, 3))[None]).softmax(dim=1)[0]
+    top = expected.topk(2)
+    assert [c["name"] for c in answers[0]["classes"]] == [loaded.class_names[i] for i in top.indices.tolist()]
+    assert [c["probability"] for c in answers[0]["classes"]] == pytest.approx(top.values.tolist(), abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("extra", "fragments"),
+    [
+        (("--threshold", "2"), ("--threshold must be between 0 and 1, got 2.0",)),
+        (("-o", "drawn"), ("-o draws boxes", "task 'classification' predicts none")),
+    ],
+)
+def test_predict_refuses_what_it_cannot_do_in_one_line(zoo, extra, fragments) -> None:
+    checkpoint = _classifier_checkpoint(Path("classifier.pt"))
+    folder = write_image_folder(Path("images"), classes=3, per_class=1, size=40)
+    assert_one_error(zoo("predict", checkpoint, folder, *extra), *fragments)
+    assert not Path("drawn").exists()
+
+
+def test_predict_names_a_missing_image(zoo) -> None:
+    checkpoint = _classifier_checkpoint(Path("classifier.pt"))
+    assert_one_error(zoo("predict", checkpoint, "nowhere.png"), "nowhere.png: no such image or folder")
+
+
+def test_a_composed_name_needs_a_tier_after_the_plus(zoo) -> None:
+    assert_one_error(zoo("info", "timm:resnet10t+timm:resnet18"), "'timm:resnet18' is not a tier", "BACKBONE+TIER")
+    shown = zoo("info", "timm:resnet10t+detector/retinanet", "--groups", "--num-classes", "2")
+    assert shown.code == 0 and "heads.detect" in shown.out and "neck" in shown.out
+
+
+def test_a_heads_only_stage_over_cached_backbone_maps_ends_with_the_same_weights(zoo, scenes: Path) -> None:
+    Path("zoo.toml").write_text(RECIPE + """
+[recipes.det-heads]
+task = "detection"
+batch_size = 4
+[[recipes.det-heads.stages]]
+name = "heads"
+epochs = 2
+train = ["head"]
+lr = 1e-3
+""")
+    common = ("--recipe", "det-heads", "--no-pretrained", "--image-size", str(SIZE), "--model", BACKBONE, "--data", scenes)
+    assert zoo("finetune", *common, "--run-dir", "cached").code == 0
+    assert zoo("finetune", *common, "--run-dir", "plain", "--no-cache").code == 0
+    rows = {name: [json.loads(line) for line in Path(name, "metrics.jsonl").read_text().splitlines()] for name in ("cached", "plain")}
+    assert [row["cached"] for row in rows["cached"]] == [True, True] and [row["cached"] for row in rows["plain"]] == [False, False]
+    assert [row["map"] for row in rows["cached"]] == [row["map"] for row in rows["plain"]]
+    cached, plain = (torch.load(Path(name, "checkpoints", "last.pt"), weights_only=True)["model_state_dict"] for name in ("cached", "plain"))
+    assert_same_tensors(cached, plain)
+
+
+@pytest.mark.parametrize("backbone", [BACKBONE, "torchvision:resnet18"])
+def test_a_copy_of_a_detector_takes_its_maps_from_its_own_backbone(backbone: str) -> None:
+    """EMA keeps a deep copy: the copy's feature maps must come from the copy's weights, not the original's."""
+    import copy
+
+    model = zoo_core.create_model(f"{backbone}+detector/fcos", num_classes=2)
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
+        for param in twin.backbone.parameters():
+            param.zero_()
+    images = torch.randn(1, 3, SIZE, SIZE)
+    with torch.no_grad():
+        assert float(twin.forward_features(images)[0].abs().sum()) == 0.0
+        assert float(model.forward_features(images)[0].abs().sum()) > 0.0

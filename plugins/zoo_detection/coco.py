@@ -156,10 +156,10 @@ def _add_annotation(entry: Any, images: dict[int, dict[str, Any]], by_id: Mappin
     if not isinstance(entry, dict):
         raise DataError(f"{where}: an annotation must be an object, got {entry!r}")
     annotation_id = entry.get("id", "?")
-    image = images.get(entry.get("image_id"))  # type: ignore[arg-type]
+    image_id = entry.get("image_id")
+    image = images.get(image_id) if isinstance(image_id, int) else None
     if image is None:
-        raise DataError(f"{where}: annotation {annotation_id}: image id {entry.get('image_id')!r} is not in 'images'")
-    image_id = entry["image_id"]
+        raise DataError(f"{where}: annotation {annotation_id}: image id {image_id!r} is not in 'images'; fix its image_id")
     category = entry.get("category_id")
     if category not in by_id:
         raise DataError(

@@ -38,9 +38,10 @@ class DetectionBatch:
     truth: list[dict[str, torch.Tensor]]  # what the metrics see: boxes in the image file's pixels, with iscrowd and area
     scales: torch.Tensor  # (B,) input pixels per file pixel (letterbox), to map detections back
     image_ids: tuple[int, ...]
+    size: tuple[int, int]  # the input's (height, width); ``images`` may be cached trunk maps instead
 
     def __len__(self) -> int:
-        return int(self.images.shape[0])
+        return len(self.targets)
 
 
 class Letterbox(v2.Transform):
@@ -114,10 +115,9 @@ def decode(record: ImageRecord, channels: int) -> tv_tensors.Image:
 class DetectionDataset:
     """Annotated images, decoded on access, with their boxes transformed alongside."""
 
-    def __init__(self, records: Sequence[ImageRecord], config: InputConfig, augment: Mapping[str, Any], *, training: bool) -> None:
+    def __init__(self, records: Sequence[ImageRecord], config: InputConfig, augment: Mapping[str, Any]) -> None:
         self.records = list(records)
         self.config = config
-        self.training = training
         self.transform = sample_transform(config, augment)
 
     def __len__(self) -> int:
@@ -126,13 +126,28 @@ class DetectionDataset:
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor], ImageRecord]:
         record = self.records[index]
         image = decode(record, self.config.channels)
+        sample = self.transform({"image": image, **self._boxes(record)})
+        return sample["image"].as_subclass(torch.Tensor), self._target(sample), record
+
+    @staticmethod
+    def _boxes(record: ImageRecord) -> dict[str, Any]:
         kept = ~record.crowd  # crowd regions are not objects to learn; COCO evaluation ignores matches to them
-        boxes = tv_tensors.BoundingBoxes(
-            torch.from_numpy(record.boxes[kept]), format="XYXY", canvas_size=(record.height, record.width)
-        )
-        sample = self.transform({"image": image, "boxes": boxes, "labels": torch.from_numpy(record.labels[kept])})
-        target = {"boxes": sample["boxes"].as_subclass(torch.Tensor).float(), "labels": sample["labels"]}
-        return sample["image"].as_subclass(torch.Tensor), target, record
+        boxes = tv_tensors.BoundingBoxes(torch.from_numpy(record.boxes[kept]), format="XYXY", canvas_size=(record.height, record.width))
+        return {"boxes": boxes, "labels": torch.from_numpy(record.labels[kept])}
+
+    @staticmethod
+    def _target(sample: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        return {"boxes": sample["boxes"].as_subclass(torch.Tensor).float(), "labels": sample["labels"]}
+
+    def target(self, index: int) -> dict[str, torch.Tensor]:
+        """Item ``index``'s boxes as ``__getitem__`` gives them, without decoding its image.
+
+        Only for deterministic transforms (the feature cache's case): the same steps run on the
+        boxes with a blank one-channel stand-in for the image (v2 would take the labels for one).
+        """
+        record = self.records[index]
+        blank = tv_tensors.Image(torch.zeros((), dtype=torch.uint8).expand(1, record.height, record.width))
+        return self._target(self.transform({"image": blank, **self._boxes(record)}))
 
 
 def truth_of(record: ImageRecord) -> dict[str, torch.Tensor]:
@@ -149,17 +164,26 @@ def letterbox_scale(record: ImageRecord, size: int) -> float:
     return size / max(record.width, record.height)
 
 
-def collate(items: Sequence[tuple[torch.Tensor, dict[str, torch.Tensor], ImageRecord]]) -> DetectionBatch:
-    images = torch.stack([item[0] for item in items])
-    size = int(images.shape[-1])
-    records = [item[2] for item in items]
+def batch_of(images: Any, targets: list[dict[str, torch.Tensor]], records: Sequence[ImageRecord], size: int) -> DetectionBatch:
     return DetectionBatch(
         images,
-        [item[1] for item in items],
+        targets,
         [truth_of(record) for record in records],
         torch.tensor([letterbox_scale(record, size) for record in records], dtype=torch.float32),
         tuple(record.image_id for record in records),
+        (size, size),
     )
+
+
+def collate(items: Sequence[tuple[torch.Tensor, dict[str, torch.Tensor], ImageRecord]]) -> DetectionBatch:
+    images = torch.stack([item[0] for item in items])
+    return batch_of(images, [item[1] for item in items], [item[2] for item in items], int(images.shape[-1]))
+
+
+def cached_batch(dataset: DetectionDataset, indices: Sequence[int], maps: list[torch.Tensor]) -> DetectionBatch:
+    """A batch over cached backbone maps: targets from the annotations, no image decoded."""
+    records = [dataset.records[i] for i in indices]
+    return batch_of(maps, [dataset.target(i) for i in indices], records, dataset.config.size)
 
 
 def _keep_boxes(target: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -84,16 +84,23 @@ def fpn_neck(maps: FeatureMaps, **options: Any) -> FpnNeck:
     return FpnNeck(maps.channels, maps.strides, **options)
 
 
-def _image_list(images: torch.Tensor) -> ImageList:
-    return ImageList(images, [(int(images.shape[-2]), int(images.shape[-1]))] * int(images.shape[0]))
+def _image_list(size: tuple[int, int], features: list[torch.Tensor]) -> ImageList:
+    """What torchvision's anchor generators and RPN read of the images: their count and size.
+
+    The tensor is an expanded scalar (no memory): the heads also run on cached trunk features,
+    without the images.
+    """
+    count = int(features[0].shape[0])
+    placeholder = features[0].new_zeros(()).expand(count, 1, *size)
+    return ImageList(placeholder, [tuple(size)] * count)
 
 
 class _DenseHead:
     """FCOS and RetinaNet share this flow: head outputs, anchors, then loss and/or detections."""
 
-    def _dense_forward(self, images: torch.Tensor, features: OrderedDict[str, torch.Tensor], targets: list[dict] | None) -> DetectorOutput:
+    def _dense_forward(self, size: tuple[int, int], features: OrderedDict[str, torch.Tensor], targets: list[dict] | None) -> DetectorOutput:
         levels = list(features.values())
-        image_list = _image_list(images)
+        image_list = _image_list(size, levels)
         head_outputs = self.head(levels)
         anchors = self.anchor_generator(image_list, levels)
         per_level = [level.size(2) * level.size(3) for level in levels]
@@ -130,8 +137,8 @@ class FcosHead(_DenseHead, FCOS):
     def _losses(self, targets, head_outputs, anchors, per_level):
         return self.compute_loss(targets, head_outputs, anchors, per_level)
 
-    def forward(self, images, features, targets=None) -> DetectorOutput:  # type: ignore[override]
-        return self._dense_forward(images, features, targets)
+    def forward(self, size, features, targets=None) -> DetectorOutput:  # type: ignore[override]
+        return self._dense_forward(size, features, targets)
 
     def class_rows(self, prefix: str) -> list[ClassRows]:
         logits = f"{prefix}head.classification_head.cls_logits"
@@ -159,8 +166,8 @@ class RetinaHead(_DenseHead, RetinaNet):
     def _losses(self, targets, head_outputs, anchors, per_level):
         return self.compute_loss(targets, head_outputs, anchors)
 
-    def forward(self, images, features, targets=None) -> DetectorOutput:  # type: ignore[override]
-        return self._dense_forward(images, features, targets)
+    def forward(self, size, features, targets=None) -> DetectorOutput:  # type: ignore[override]
+        return self._dense_forward(size, features, targets)
 
     def class_rows(self, prefix: str) -> list[ClassRows]:
         logits = f"{prefix}head.classification_head.cls_logits"
@@ -205,8 +212,8 @@ class FasterRcnnHead(nn.Module):
             self.rpn.training, self.roi_heads.training = was
         return {**rpn_losses, **roi_losses}, detections
 
-    def forward(self, images, features, targets=None) -> DetectorOutput:
-        image_list = _image_list(images)
+    def forward(self, size, features, targets=None) -> DetectorOutput:
+        image_list = _image_list(size, list(features.values()))
         losses: dict[str, torch.Tensor] = {}
         if targets is not None:
             shifted = [{**target, "labels": target["labels"] + 1} for target in targets]
@@ -259,15 +266,24 @@ class Detector(nn.Module):
     def loss_names(self) -> tuple[str, ...]:
         return tuple(self.heads[DETECT].loss_names)
 
-    def trunk(self, images: torch.Tensor) -> list[torch.Tensor]:
-        """The backbone's maps the neck takes (what the feature cache stores)."""
+    def forward_features(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """The backbone's maps the neck takes: what the feature cache stores."""
         return self.feature_maps(images)[-self.neck.levels :]
 
-    def forward_heads(self, maps: list[torch.Tensor], images: torch.Tensor, targets: list[dict] | None = None) -> DetectorOutput:
-        return self.heads[DETECT](images, self.neck(maps), targets)
+    def forward_heads(self, maps: list[torch.Tensor], targets: list[dict] | None = None, size: tuple[int, int] | None = None) -> DetectorOutput:
+        """Neck and head on the backbone's maps; ``size`` is the input's (height, width)."""
+        if size is None:  # the finest map's grid times its stride
+            size = (int(maps[0].shape[-2]) * self.neck.strides[0], int(maps[0].shape[-1]) * self.neck.strides[0])
+        return self.heads[DETECT](tuple(size), self.neck(maps), targets)
 
-    def forward(self, images: torch.Tensor, targets: list[dict] | None = None) -> DetectorOutput:
-        return self.forward_heads(self.trunk(images), images, targets)
+    def forward(self, images: torch.Tensor, targets: list[dict] | None = None, size: tuple[int, int] | None = None) -> DetectorOutput:
+        """``size`` is ignored (the images give it): it is taken so that one call runs either this or,
+        under the feature cache, :meth:`forward_heads` on cached maps."""
+        return self.forward_heads(self.forward_features(images), targets, (int(images.shape[-2]), int(images.shape[-1])))
+
+    def zoo_head_split(self) -> tuple[nn.Module, Any]:
+        """Neck and head, and what runs them on cached backbone maps (the feature cache's split)."""
+        return nn.ModuleDict({"neck": self.neck, "heads": self.heads}), self.forward_heads
 
     def class_rows(self) -> list[ClassRows]:
         return self.heads[DETECT].class_rows(f"heads.{DETECT}.")

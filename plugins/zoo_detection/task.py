@@ -99,7 +99,7 @@ class DetectionTask:
         from .data import DetectionDataset
 
         training = split == "train"
-        return DetectionDataset(data.train if training else data.val, input_config, augment if training else {}, training=training)
+        return DetectionDataset(data.train if training else data.val, input_config, augment if training else {})
 
     def collate(self, items: Sequence[Any]) -> Any:
         from .data import collate
@@ -132,9 +132,12 @@ class DetectionTask:
     def to_device(self, batch: Any, device: Any, channels_last: bool) -> Any:
         import torch
 
-        images = batch.images.to(device, non_blocking=True)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
+        if isinstance(batch.images, list):  # cached backbone maps
+            images = [level.to(device, non_blocking=True) for level in batch.images]
+        else:
+            images = batch.images.to(device, non_blocking=True)
+            if channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
         targets = [{key: value.to(device, non_blocking=True) for key, value in target.items()} for target in batch.targets]
         return attrs.evolve(batch, images=images, targets=targets)
 
@@ -144,8 +147,14 @@ class DetectionTask:
     def with_inputs(self, batch: Any, inputs: Any) -> Any:
         return attrs.evolve(batch, images=inputs)
 
+    def cached_batch(self, dataset: Any, indices: list[int], inputs: Any) -> Any:
+        from .data import cached_batch
+
+        return cached_batch(dataset, indices, inputs)
+
     def forward(self, model: Any, batch: Any) -> Any:
-        return model(batch.images, batch.targets)
+        """``model`` is the detector, or (feature cache) what runs its neck and head on cached maps."""
+        return model(batch.images, batch.targets, batch.size)
 
     def loss(self, outputs: Any, batch: Any, *, loss_scales: Mapping[str, float], recipe: Recipe | None) -> dict[str, Any]:
         components = dict(outputs.losses)

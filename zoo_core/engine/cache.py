@@ -85,12 +85,39 @@ def plan_cache(model: nn.Module, deterministic_inputs: bool, hook: Any) -> tuple
     return split, ""
 
 
+Features = Any  # a tensor (B, …), or a list of them (a detector's multi-scale maps), batch first
+
+
+def _detached(features: Features) -> Features:
+    if isinstance(features, (list, tuple)):
+        return [_detached(level) for level in features]
+    return features.detach().float().cpu()
+
+
+def _concat(chunks: list[Features]) -> Features:
+    if isinstance(chunks[0], list):
+        return [torch.cat([chunk[level] for chunk in chunks]) for level in range(len(chunks[0]))]
+    return torch.cat(chunks)
+
+
+def take(features: Features, index: torch.Tensor) -> Features:
+    """The cached features of the items ``index``."""
+    if isinstance(features, list):
+        return [level[index] for level in features]
+    return features[index]
+
+
 @torch.no_grad()
 def compute_features(
     model: nn.Module, split: HeadSplit, batches: Any, to_inputs: Callable[[Any], torch.Tensor], autocast: Any
-) -> torch.Tensor | None:
-    """Run the model over ``batches`` capturing the heads' input; ``None`` if the check fails."""
-    captured: list[torch.Tensor] = []
+) -> Features | None:
+    """Run the model over ``batches`` capturing the heads' input; ``None`` if the check fails.
+
+    A model with ``zoo_head_split`` (a ZooModel, a detector) says where its trunk ends through
+    ``forward_features``; its heads run on exactly that, so no check is needed. Otherwise a
+    pre-hook captures the head's input and the first batch checks head(captured) == model(x).
+    """
+    captured: list[Any] = []
     zoo_model = callable(getattr(model, "zoo_head_split", None))
     handle = None if zoo_model else split.module.register_forward_pre_hook(lambda _, args: captured.append(args[0].detach()))
     features = []
@@ -100,18 +127,17 @@ def compute_features(
             captured.clear()
             with autocast:
                 if zoo_model:
-                    captured.append(model.forward_features(inputs).detach())
-                    full = model.forward_heads(captured[0])
+                    captured.append(model.forward_features(inputs))
                 else:
                     full = model(inputs)
-            if not features and not _close(split.forward(captured[0]), full):
+            if not zoo_model and not features and not _close(split.forward(captured[0]), full):
                 log.info("feature cache off: the heads' input does not reproduce the model's output")
                 return None
-            features.append(captured[0].float().cpu())
+            features.append(_detached(captured[0]))
     finally:
         if handle is not None:
             handle.remove()
-    return torch.cat(features) if features else None
+    return _concat(features) if features else None
 
 
 def _close(a: Any, b: Any) -> bool:
@@ -133,7 +159,7 @@ class IndexDataset(torch.utils.data.Dataset):
         return index
 
 
-def cached_collate(task: Any, dataset: Any, features: torch.Tensor) -> Callable[[list[int]], Any]:
+def cached_collate(task: Any, dataset: Any, features: Features) -> Callable[[list[int]], Any]:
     """Batches of the same items with the trunk output as inputs.
 
     A task with ``cached_batch(dataset, indices, inputs)`` builds them without loading inputs;
@@ -142,7 +168,7 @@ def cached_collate(task: Any, dataset: Any, features: torch.Tensor) -> Callable[
     fast = getattr(task, "cached_batch", None)
 
     def collate(indices: list[int]) -> Any:
-        inputs = features[torch.as_tensor(indices)]
+        inputs = take(features, torch.as_tensor(indices))
         if callable(fast):
             return fast(dataset, indices, inputs)
         return task.with_inputs(task.collate([dataset[i] for i in indices]), inputs)

@@ -37,8 +37,8 @@ class HeadRunner(nn.Module):
         self.head = split.module
         self._forward = split.forward
 
-    def forward(self, features: torch.Tensor) -> Any:
-        return self._forward(features)
+    def forward(self, features: Any, *rest: Any) -> Any:
+        return self._forward(features, *rest)  # a task may pass more than the features (a detector: targets, input size)
 
 
 class StageSetup:
@@ -65,8 +65,8 @@ class StageSetup:
         self.trainable: frozenset[str] | None = None
         self.rates: dict[str, float] = {}
         self.train_forward: Any = model
-        self.cached: torch.Tensor | None = None
-        self.val_cached: torch.Tensor | None = None
+        self.cached: Any = None  # cached trunk features: a tensor, or a list of multi-scale maps
+        self.val_cached: Any = None
         self.head: HeadRunner | None = None
         self.cache_seconds = 0.0
         self.per_rank_batch = 64
@@ -119,7 +119,7 @@ class StageSetup:
             module = torch.compile(module, backend=self.options.compile_backend)
         return module
 
-    def _features(self, split: HeadSplit, dataset: Any) -> torch.Tensor | None:
+    def _features(self, split: HeadSplit, dataset: Any) -> Any:
         loader = torch.utils.data.DataLoader(
             dataset,
             batch_size=max(self.per_rank_batch, 64),
