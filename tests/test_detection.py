@@ -454,18 +454,23 @@ def test_a_composed_name_needs_a_tier_after_the_plus(zoo) -> None:
     assert shown.code == 0 and "heads.detect" in shown.out and "neck" in shown.out
 
 
-def test_a_heads_only_stage_over_cached_backbone_maps_ends_with_the_same_weights(zoo, scenes: Path) -> None:
-    Path("zoo.toml").write_text(RECIPE + """
+@pytest.mark.parametrize(
+    ("detector", "train"),
+    [("fcos", '["head"]'), ("fasterrcnn", '["head"]'), ("fcos", '["head", "neck"]')],
+    ids=["fcos-head-over-cached-fpn", "fasterrcnn-head-over-cached-fpn", "fcos-neck-and-head-over-cached-maps"],
+)
+def test_a_stage_over_cached_features_ends_with_the_same_weights(zoo, scenes: Path, detector: str, train: str) -> None:
+    Path("zoo.toml").write_text(RECIPE + f"""
 [recipes.det-heads]
 task = "detection"
 batch_size = 4
 [[recipes.det-heads.stages]]
 name = "heads"
 epochs = 2
-train = ["head"]
+train = {train}
 lr = 1e-3
 """)
-    common = ("--recipe", "det-heads", "--no-pretrained", "--image-size", str(SIZE), "--model", BACKBONE, "--data", scenes)
+    common = ("--recipe", "det-heads", "--no-pretrained", "--image-size", str(SIZE), "--model", BACKBONE, "--detector", detector, "--data", scenes)
     assert zoo("finetune", *common, "--run-dir", "cached").code == 0
     assert zoo("finetune", *common, "--run-dir", "plain", "--no-cache").code == 0
     rows = {name: [json.loads(line) for line in Path(name, "metrics.jsonl").read_text().splitlines()] for name in ("cached", "plain")}

@@ -73,6 +73,8 @@ class FpnNeck(FeaturePyramidNetwork):
         self.out_features = out_channels
         last = list(strides[-levels:])
         self.strides = tuple(last + [last[-1] * 2 ** (i + 1) for i in range({"p6p7": 2, "pool": 1, "none": 0}[extra])])
+        # the names torchvision's FPN gives its outputs: the inputs' ("0", "1" …), then its extra levels
+        self.output_names = tuple([str(i) for i in range(levels)] + {"p6p7": ["p6", "p7"], "pool": ["pool"], "none": []}[extra])
 
     def forward(self, maps: list[torch.Tensor]) -> OrderedDict[str, torch.Tensor]:  # type: ignore[override]
         chosen = maps[-self.levels :]
@@ -272,18 +274,33 @@ class Detector(nn.Module):
 
     def forward_heads(self, maps: list[torch.Tensor], targets: list[dict] | None = None, size: tuple[int, int] | None = None) -> DetectorOutput:
         """Neck and head on the backbone's maps; ``size`` is the input's (height, width)."""
-        if size is None:  # the finest map's grid times its stride
-            size = (int(maps[0].shape[-2]) * self.neck.strides[0], int(maps[0].shape[-1]) * self.neck.strides[0])
-        return self.heads[DETECT](tuple(size), self.neck(maps), targets)
+        return self.heads[DETECT](tuple(size) if size is not None else self._size_of(maps[-self.neck.levels]), self.neck(maps), targets)
 
     def forward(self, images: torch.Tensor, targets: list[dict] | None = None, size: tuple[int, int] | None = None) -> DetectorOutput:
         """``size`` is ignored (the images give it): it is taken so that one call runs either this or,
         under the feature cache, :meth:`forward_heads` on cached maps."""
         return self.forward_heads(self.forward_features(images), targets, (int(images.shape[-2]), int(images.shape[-1])))
 
-    def zoo_head_split(self) -> tuple[nn.Module, Any]:
-        """Neck and head, and what runs them on cached backbone maps (the feature cache's split)."""
-        return nn.ModuleDict({"neck": self.neck, "heads": self.heads}), self.forward_heads
+    def zoo_head_split(self) -> tuple[nn.Module, Any, Any]:
+        """What trains over cached features, how it runs on them, and what the cache stores.
+
+        A frozen neck (a heads-only stage) is cached with the backbone: the FPN's levels are
+        stored and only the head runs on them. A neck that trains runs on the backbone's maps.
+        """
+        if not any(param.requires_grad for param in self.neck.parameters()):
+            return self.heads, self._head_on_levels, self._levels
+        return nn.ModuleDict({"neck": self.neck, "heads": self.heads}), self.forward_heads, self.forward_features
+
+    def _levels(self, images: torch.Tensor) -> list[torch.Tensor]:
+        return list(self.neck(self.forward_features(images)).values())
+
+    def _head_on_levels(self, levels: list[torch.Tensor], targets: list[dict] | None = None, size: tuple[int, int] | None = None) -> DetectorOutput:
+        features = OrderedDict(zip(self.neck.output_names, levels))
+        return self.heads[DETECT](tuple(size) if size is not None else self._size_of(levels[0]), features, targets)
+
+    def _size_of(self, finest: torch.Tensor) -> tuple[int, int]:
+        """The input size a map implies: its grid times its stride."""
+        return (int(finest.shape[-2]) * self.neck.strides[0], int(finest.shape[-1]) * self.neck.strides[0])
 
     def class_rows(self) -> list[ClassRows]:
         return self.heads[DETECT].class_rows(f"heads.{DETECT}.")

@@ -35,14 +35,14 @@ STOCHASTIC_NAMES = ("Dropout", "DropPath", "StochasticDepth", "DropBlock")
 @attrs.frozen
 class HeadSplit:
     module: nn.Module  # holds every trainable parameter
-    forward: Callable[[torch.Tensor], Any]  # runs the heads on trunk output
+    forward: Callable[..., Any]  # runs the heads on trunk output
+    trunk: Callable[[torch.Tensor], Any] | None = None  # the trunk's output for inputs (else model.forward_features)
 
 
 def _head_split(model: nn.Module, hook: Any) -> HeadSplit | None:
     split = getattr(model, "zoo_head_split", None)
     if callable(split):
-        module, forward = split()
-        return HeadSplit(module, forward)
+        return HeadSplit(*split())  # (module, forward) or (module, forward, trunk)
     try:
         _, classifier = find_classifier(model, hook)
     except ZooError:
@@ -113,8 +113,9 @@ def compute_features(
 ) -> Features | None:
     """Run the model over ``batches`` capturing the heads' input; ``None`` if the check fails.
 
-    A model with ``zoo_head_split`` (a ZooModel, a detector) says where its trunk ends through
-    ``forward_features``; its heads run on exactly that, so no check is needed. Otherwise a
+    A model with ``zoo_head_split`` (a ZooModel, a detector) says where its trunk ends (the
+    split's ``trunk``, else ``forward_features``); its heads run on exactly that, so no check is
+    needed. Otherwise a
     pre-hook captures the head's input and the first batch checks head(captured) == model(x).
     """
     captured: list[Any] = []
@@ -127,7 +128,7 @@ def compute_features(
             captured.clear()
             with autocast:
                 if zoo_model:
-                    captured.append(model.forward_features(inputs))
+                    captured.append((split.trunk or model.forward_features)(inputs))
                 else:
                     full = model(inputs)
             if not zoo_model and not features and not _close(split.forward(captured[0]), full):
