@@ -2,7 +2,8 @@
 
 Caching is used only when it provably gives the same results as not caching:
 
-* every trainable parameter lives in the head module (a ZooModel's heads, else the classifier);
+* every trainable parameter lives in the head module (a ZooModel's heads, a detector's head
+  or neck and head, else the classifier);
 * nothing outside the head is stochastic in training mode (dropout, drop-path) and every
   BatchNorm outside it is frozen (its statistics would otherwise move);
 * the task says the stage's input transforms are deterministic (no random crops or flips).
@@ -115,8 +116,8 @@ def compute_features(
 
     A model with ``zoo_head_split`` (a ZooModel, a detector) says where its trunk ends (the
     split's ``trunk``, else ``forward_features``); its heads run on exactly that, so no check is
-    needed. Otherwise a
-    pre-hook captures the head's input and the first batch checks head(captured) == model(x).
+    needed. Otherwise a pre-hook captures the head's input and the first batch checks
+    head(captured) == model(x).
     """
     captured: list[Any] = []
     zoo_model = callable(getattr(model, "zoo_head_split", None))
