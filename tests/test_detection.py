@@ -494,3 +494,10 @@ def test_a_copy_of_a_detector_takes_its_maps_from_its_own_backbone(backbone: str
     with torch.no_grad():
         assert float(twin.forward_features(images)[0].abs().sum()) == 0.0
         assert float(model.forward_features(images)[0].abs().sum()) > 0.0
+
+
+def test_a_classifier_checkpoint_given_for_detection_names_the_transfer_that_makes_a_detector(zoo, scenes: Path) -> None:
+    checkpoint = _classifier_checkpoint(Path("classifier.pt"))
+    line = assert_one_error(zoo("finetune", *ARGS, "--model", checkpoint, "--data", scenes, "--run-dir", "run"))
+    assert "holds a timm:resnet10t classifier, not a detector" in line and "zoo transfer classifier.pt --to timm:resnet10t+detector/fcos" in line
+    assert not Path("run").exists()

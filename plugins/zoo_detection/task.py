@@ -81,19 +81,35 @@ class DetectionTask:
         """The detector to build for ``name``: itself when it is one (or a checkpoint), else ``NAME+detector/KIND``."""
         prefix, body = split_source(name)
         if prefix == "file" or (looks_like_path(name) and Path(name).expanduser().is_file()):
+            self._check_detector_checkpoint(Path(body if prefix == "file" else name).expanduser(), registry)
             if detector is not None:
                 raise RunError(f"--detector: {name} is a checkpoint, which already has its detector; leave --detector out")
             return name
-        resolved = registry.resolve(name)
-        if resolved.tier is not None and registry.family(resolved.tier.family).builder == DETECTOR_BUILDER:
+        if self._is_detector(registry.resolve(name), registry):
             if detector is not None:
-                raise RunError(f"--detector: {name} is already a detector ({resolved.tier.name}); leave --detector out")
+                raise RunError(f"--detector: {name} is already a detector; leave --detector out")
             return name
         try:
             tier = registry.resolve(f"{DETECTOR_FAMILY}/{detector or DEFAULT_DETECTOR}")
         except UnknownNameError as exc:
             raise RunError(f"--detector {detector!r}: {exc}") from None
         return f"{name}{COMPOSE}{tier.name}"
+
+    @staticmethod
+    def _is_detector(resolved: Any, registry: Any) -> bool:
+        return resolved.tier is not None and registry.family(resolved.tier.family).builder == DETECTOR_BUILDER
+
+    def _check_detector_checkpoint(self, path: Path, registry: Any) -> None:
+        """A checkpoint to fine-tune must hold a detector; a classifier's is carried over with ``zoo transfer`` first."""
+        from zoo_core.tensors import TensorSource
+
+        architecture = TensorSource.from_file(path).model
+        if architecture and not self._is_detector(registry.resolve(architecture), registry):
+            raise RunError(
+                f"{display(path)}: holds a {architecture} classifier, not a detector; carry its backbone into one first: "
+                f"`zoo transfer {display(path)} --to {architecture}{COMPOSE}{DETECTOR_FAMILY}/{DEFAULT_DETECTOR} "
+                "--num-classes N -o detector.pt`"
+            )
 
     def dataset(self, data: TaskData, split: str, *, input_config: InputConfig, augment: Mapping[str, Any]) -> Any:
         from .data import DetectionDataset
