@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-from common import machine, median, report
+from common import engine_epoch_loader, machine, median, report
 from zoo_detection.metrics import DetectionMetrics, detections_in_file_pixels
 
 import zoo_core
@@ -32,10 +30,6 @@ from zoo_core.registry import Registry
 TREES = Path(__file__).resolve().parent.parent / "plugins" / "zoo_detection" / "data" / "trees"
 SIZE, SEED, MODEL = 128, 0, "timm:resnet10t+detector/fcos"
 logging.basicConfig(level=logging.WARNING)
-
-
-def epoch_seed(epoch: int) -> int:
-    return (SEED * 1_000_003 + epoch) % 2**31
 
 
 class HandLoop:
@@ -58,13 +52,7 @@ class HandLoop:
         self.epochs_done = 0
 
     def epoch(self) -> float:
-        epoch = self.epochs_done
-        random.seed(epoch_seed(epoch))
-        np.random.seed(epoch_seed(epoch))
-        torch.manual_seed(epoch_seed(epoch))
-        sampler = torch.utils.data.distributed.DistributedSampler(self.dataset, num_replicas=1, rank=0, shuffle=True, seed=SEED)
-        sampler.set_epoch(epoch)
-        loader = torch.utils.data.DataLoader(self.dataset, batch_size=self.batch, sampler=sampler, collate_fn=self.task.collate)
+        loader = engine_epoch_loader(self.dataset, batch=self.batch, collate=self.task.collate, seed=SEED, epoch=self.epochs_done)
         self.model.train()
         started, steps = time.perf_counter(), 0
         for batch in loader:

@@ -12,16 +12,14 @@
 from __future__ import annotations
 
 import logging
-import random
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import timm
 import torch
-from common import machine, median, report
+from common import engine_epoch_loader, machine, median, report
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from conftest import write_image_folder  # noqa: E402  (the test suite's image writer)
@@ -33,10 +31,6 @@ from zoo_core.registry import Registry  # noqa: E402
 
 ARCH, SIZE, SEED = "resnet10t", 48, 0
 logging.basicConfig(level=logging.WARNING)
-
-
-def epoch_seed(epoch: int) -> int:
-    return (SEED * 1_000_003 + epoch) % 2**31
 
 
 def inputs_of(model: torch.nn.Module) -> object:
@@ -70,13 +64,7 @@ class HandLoop:
         self.epochs_done = 0
 
     def epoch(self) -> float:
-        epoch = self.epochs_done
-        random.seed(epoch_seed(epoch))
-        np.random.seed(epoch_seed(epoch))
-        torch.manual_seed(epoch_seed(epoch))
-        sampler = torch.utils.data.distributed.DistributedSampler(self.dataset, num_replicas=1, rank=0, shuffle=True, seed=SEED)
-        sampler.set_epoch(epoch)
-        loader = torch.utils.data.DataLoader(self.dataset, batch_size=self.batch, sampler=sampler, collate_fn=self.task.collate)
+        loader = engine_epoch_loader(self.dataset, batch=self.batch, collate=self.task.collate, seed=SEED, epoch=self.epochs_done)
         self.model.train()
         started = time.perf_counter()
         steps = 0

@@ -32,3 +32,23 @@ def report(title: str, rows: list[tuple[str, str]]) -> None:
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
         print(f"  {name:<{width}}  {value}")
+
+
+def engine_epoch_seed(seed: int, epoch: int) -> int:
+    """The seed the engine derives for ``epoch`` of a run seeded ``seed`` (``Engine._epoch_seed``)."""
+    return (seed * 1_000_003 + epoch) % 2**31
+
+
+def engine_epoch_loader(dataset, *, batch: int, collate, seed: int, epoch: int):
+    """A hand loop's loader for ``epoch`` in the engine's data order: every RNG seeded as the engine seeds it."""
+    import random
+
+    import numpy as np
+    import torch
+
+    random.seed(engine_epoch_seed(seed, epoch))
+    np.random.seed(engine_epoch_seed(seed, epoch))
+    torch.manual_seed(engine_epoch_seed(seed, epoch))
+    sampler = torch.utils.data.distributed.DistributedSampler(dataset, num_replicas=1, rank=0, shuffle=True, seed=seed)
+    sampler.set_epoch(epoch)
+    return torch.utils.data.DataLoader(dataset, batch_size=batch, sampler=sampler, collate_fn=collate)

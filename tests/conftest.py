@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from zoo_core import hookimpl  # light: no torch
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -341,3 +343,15 @@ def write_hf_snapshot(repo_id: str, model, revision: str = HUB_REVISION, *, main
 def folder_snapshot(*roots: Path) -> dict[str, bytes]:
     """Every file under ``roots`` with its bytes, to prove a command changed nothing."""
     return {str(p): p.read_bytes() for root in roots for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+class InterruptAt:
+    """A throwaway plugin: Ctrl-C right after epoch ``epoch`` finished (its checkpoint is written)."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    @hookimpl
+    def zoo_on_epoch_end(self, run, epoch, metrics):
+        if epoch == self.epoch:
+            raise KeyboardInterrupt

@@ -501,3 +501,27 @@ def test_a_classifier_checkpoint_given_for_detection_names_the_transfer_that_mak
     line = assert_one_error(zoo("finetune", *ARGS, "--model", checkpoint, "--data", scenes, "--run-dir", "run"))
     assert "holds a timm:resnet10t classifier, not a detector" in line and "zoo transfer classifier.pt --to timm:resnet10t+detector/fcos" in line
     assert not Path("run").exists()
+
+
+def test_a_reversed_scale_jitter_range_is_refused_naming_the_setting() -> None:
+    from zoo_detection.data import sample_transform
+
+    with pytest.raises(DataError, match=r"augment.scale_jitter: the scale range must be positive and ordered, got \[1.4, 0.6\]"):
+        sample_transform(InputConfig(size=SIZE), {"scale_jitter": [1.4, 0.6]})
+
+
+@pytest.mark.parametrize(
+    ("neck", "message"),
+    [('{ kind = "fpn", levels = 9 }', "fpn neck: levels must be between 1 and 5"), ('{ kind = "fpn", extra = "p8" }', "extra must be 'p6p7', 'pool' or 'none'")],
+)
+def test_a_bad_fpn_setting_in_a_detector_tier_is_one_line(zoo, neck: str, message: str) -> None:
+    Path("zoo.toml").write_text(f"""
+[families.bad-det]
+builder = "zoo_detection.model:build_detector"
+[families.bad-det.tiers.t1]
+rank = 0
+backbone = "timm:resnet10t"
+neck = {neck}
+heads = {{ detect = {{ kind = "fcos" }} }}
+""")
+    assert_one_error(zoo("info", "bad-det/t1", "--groups", "--num-classes", "2"), message)

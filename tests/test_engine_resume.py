@@ -22,9 +22,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import nested_tensors, write_image_folder
-
-import zoo_core
+from conftest import InterruptAt, nested_tensors, write_image_folder
 
 MODEL = "timm:test_resnet"
 RECIPE = "multigriddet-full"
@@ -39,18 +37,6 @@ ARGS = (
     "32",
     *(f"--set={o}" for o in OVERRIDES),
 )
-
-
-class InterruptAt:
-    """Ctrl-C right after epoch ``epoch`` finished (its checkpoint is written)."""
-
-    def __init__(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    @zoo_core.hookimpl
-    def zoo_on_epoch_end(self, run, epoch, metrics):
-        if epoch == self.epoch:
-            raise KeyboardInterrupt
 
 
 def registry_with(*plugins: Any) -> Any:

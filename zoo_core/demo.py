@@ -96,13 +96,14 @@ def write_datasets(root: Path, settings: DemoSettings, seed: int) -> tuple[Path,
     return source, target
 
 
-def _prepare(out: Path) -> None:
+def prepare_output(out: Path, command: str = "zoo demo") -> None:
+    """An empty ``out`` for a demo: a previous run of ``command`` is replaced, anything else refused."""
     if out.exists() and any(out.iterdir()):
-        if not (out / MARKER).exists():
-            raise ZooError(f"{out}: exists and was not made by `zoo demo`; choose another --out or empty it")
+        if not (out / MARKER).exists() or (out / MARKER).read_text().split(";")[0] != f"made by {command}":
+            raise ZooError(f"{out}: exists and was not made by `{command}`; choose another --out or empty it")
         shutil.rmtree(out)  # a previous demo's output: replaced
     out.mkdir(parents=True, exist_ok=True)
-    (out / MARKER).write_text("made by zoo demo; `zoo demo` replaces this folder\n")
+    (out / MARKER).write_text(f"made by {command}; `{command}` replaces this folder\n")
 
 
 def _epochs_to(history: list[dict[str, Any]], target: float) -> int | None:
@@ -156,7 +157,8 @@ def _register_pretrained(out: Path, checkpoint: Path) -> Path:
     return catalog
 
 
-def _plot(out: Path, transfer: Any, scratch: Any) -> str | None:
+def plot_arms(out: Path, transfer: Any, scratch: Any) -> str | None:
+    """``out/curves.png`` of the transfer and scratch runs; ``None`` (and a warning) without matplotlib."""
     try:
         from .plot import plot_runs  # matplotlib is an extra: without it the table still stands
 
@@ -171,7 +173,7 @@ def run_demo(out: Path | str = "zoo-demo", *, quick: bool = False, seed: int = 0
     """Run the three arms and write ``demo.json`` (and ``curves.png``); return the summary."""
     settings = QUICK if quick else FULL
     out = Path(out)
-    _prepare(out)
+    prepare_output(out)
     source_data, target_data = write_datasets(out / "data", settings, seed)
     arms = _Arms(out, settings, seed)
 
@@ -203,7 +205,7 @@ def run_demo(out: Path | str = "zoo-demo", *, quick: bool = False, seed: int = 0
             _arm("transfer", transfer, transfer_seconds, settings.target_accuracy),
             _arm("scratch", scratch, scratch_seconds, settings.target_accuracy),
         ],
-        "plot": _plot(out, transfer, scratch),
+        "plot": plot_arms(out, transfer, scratch),
     }
     atomic_write_json(out / "demo.json", summary)
     return summary

@@ -12,15 +12,14 @@ The table compares mAP and map_50 on the held-out plots; ``curves.png`` shows bo
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 import attrs
 
+from zoo_core.demo import plot_arms, prepare_output
 from zoo_core.engine.api import finetune
-from zoo_core.errors import ZooError
 from zoo_core.fileio import atomic_write_json, atomic_write_text
 from zoo_core.registry import Registry
 
@@ -29,7 +28,6 @@ from .scenes import write_digit_scenes
 log = logging.getLogger("zoo_core.demo")
 
 TREES = Path(__file__).parent / "data" / "trees"
-MARKER = ".zoo-demo-detection"
 CATALOG = """# written by `zoo demo detection`
 [families.lightweight]
 builder = "zoo_detection.model:build_detector"
@@ -60,15 +58,6 @@ FULL = DetectionDemoSettings()
 QUICK = DetectionDemoSettings(scenes=48, pretrain_epochs=2, stage_epochs=(1, 1, 1))
 
 
-def _prepare(out: Path) -> None:
-    if out.exists() and any(out.iterdir()):
-        if not (out / MARKER).exists():
-            raise ZooError(f"{out}: exists and was not made by `zoo demo detection`; choose another --out or empty it")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / MARKER).write_text("made by zoo demo detection; it replaces this folder\n")
-
-
 def _arm(name: str, result: Any, seconds: float) -> dict[str, Any]:
     history = result.history
     best = max(history, key=lambda row: row["map"])
@@ -87,22 +76,11 @@ def _arm(name: str, result: Any, seconds: float) -> dict[str, Any]:
     }
 
 
-def _plot(out: Path, transfer: Any, scratch: Any) -> str | None:
-    try:
-        from zoo_core.plot import plot_runs
-
-        plot_runs([transfer.run_dir, scratch.run_dir], out / "curves.png", labels=["transfer", "scratch"])
-        return str(out / "curves.png")
-    except ZooError as exc:
-        log.warning("%s", exc)
-        return None
-
-
 def run_detection_demo(out: Path | str = "zoo-demo-detection", *, quick: bool = False, seed: int = 0) -> dict[str, Any]:
     """Pretrain, transfer and train from scratch; write ``demo.json`` (and ``curves.png``); return the summary."""
     settings = QUICK if quick else FULL
     out = Path(out)
-    _prepare(out)
+    prepare_output(out, "zoo demo detection")
     catalog = out / "zoo.toml"
     atomic_write_text(catalog, CATALOG)
     registry = Registry.load([catalog])
@@ -143,7 +121,7 @@ def run_detection_demo(out: Path | str = "zoo-demo-detection", *, quick: bool = 
         "quick": quick,
         "pretrain": {"seconds": round(pretrain_seconds, 2), "best_checkpoint": str(pretrain.best_checkpoint), "map": pretrain.final["map"], "map_50": pretrain.final["map_50"]},
         "arms": [_arm("transfer", transfer, transfer_seconds), _arm("scratch", scratch, scratch_seconds)],
-        "plot": _plot(out, transfer, scratch),
+        "plot": plot_arms(out, transfer, scratch),
     }
     atomic_write_json(out / "demo.json", summary)
     return summary
