@@ -99,7 +99,7 @@ def test_list_without_pattern_lists_every_source(zoo) -> None:
     assert {row["source"] for row in rows} == {"alias", "tier", "timm", "torchvision"}
     indexed = sum(len(json.loads(path.read_text())["entries"]) for path in (zoo_home() / "index").glob("*.json"))
     catalog = load_catalog()
-    tiers = sum(len(family.tiers) for family in catalog.families.values()) + 5 + 3  # + the maxsight and detection plugins
+    tiers = sum(len(family.tiers) for family in catalog.families.values()) + 5 + 4  # + the maxsight tiers and the four detection heads
     assert len(rows) == indexed + len(catalog.aliases) + tiers
 
 

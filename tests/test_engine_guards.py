@@ -68,8 +68,8 @@ FAULTY_PLUGIN = {
                 self.fault = os.environ.get("ZOO_FAULT", "loss")
                 self.training_steps = 0
 
-            def loss(self, outputs, batch, *, loss_scales, recipe):
-                losses = super().loss(outputs, batch, loss_scales=loss_scales, recipe=recipe)
+            def loss(self, outputs, batch, **options):
+                losses = super().loss(outputs, batch, **options)
                 if not torch.is_grad_enabled():  # validation
                     return losses
                 self.training_steps += 1

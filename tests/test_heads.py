@@ -93,7 +93,7 @@ def test_an_unknown_mlp_activation_is_a_clear_error() -> None:
 
 
 def test_an_unknown_head_kind_is_an_error_that_suggests_the_closest() -> None:
-    with pytest.raises(UnknownNameError, match=r"unknown head 'mpl' - did you mean 'mlp'\? \(heads: fasterrcnn, fcos, linear, mlp, retinanet\)"):
+    with pytest.raises(UnknownNameError, match=r"unknown head 'mpl' - did you mean 'mlp'\? \(heads: fasterrcnn, fcos, linear, mlp, multigrid, retinanet\)"):
         build_head("mpl", 16, 3)
 
 

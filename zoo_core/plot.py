@@ -28,7 +28,9 @@ def plot_runs(run_dirs: Sequence[Path], output: Path, labels: Sequence[str] | No
     histories = [read_history(Path(path)) for path in run_dirs]
     labels = list(labels) if labels else [Path(path).name for path in run_dirs]
     metric = next((key for key in ("accuracy", "map", "f1_macro", "top5") if histories and key in histories[0][0]), None)
-    figure, axes = plt.subplots(1, 2 if metric else 1, figsize=(11 if metric else 6, 4), squeeze=False)
+    drift = sorted({key for row in histories[0] for key in row if key.startswith("drift/")}) if histories else []
+    panels = 1 + bool(metric) + bool(drift)
+    figure, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4), squeeze=False)
     loss_axis = axes[0][0]
     for history, label in zip(histories, labels):
         epochs = [row["epoch"] + 1 for row in history]
@@ -40,6 +42,8 @@ def plot_runs(run_dirs: Sequence[Path], output: Path, labels: Sequence[str] | No
             if row["stage"] != previous["stage"]:
                 for axis in axes[0]:
                     axis.axvline(row["epoch"] + 0.5, color=line.get_color(), linestyle=":", alpha=0.5)
+    if drift:
+        _plot_drift(axes[0][-1], Path(run_dirs[0]), histories[0], drift, labels[0])
     from matplotlib.ticker import MaxNLocator
 
     for axis in axes[0]:
@@ -57,3 +61,26 @@ def plot_runs(run_dirs: Sequence[Path], output: Path, labels: Sequence[str] | No
     figure.savefig(output, dpi=110)
     plt.close(figure)
     return output
+
+
+def _plot_drift(axis: object, run_dir: Path, history: list[dict], names: Sequence[str], label: str) -> None:
+    """Each validation loss component over its value before training (``drift/…``), with the
+    drift guard's band shaded over the epochs of the stages that watch it (the first run's)."""
+    epochs = [row["epoch"] + 1 for row in history]
+    for name in names:
+        axis.plot(epochs, [row.get(name) for row in history], label=name.removeprefix("drift/"))
+    recipe = json.loads((run_dir / "recipe.json").read_text()) if (run_dir / "recipe.json").is_file() else {}
+    for index, stage in enumerate(recipe.get("stages", [])):
+        guard = stage.get("drift_guard")
+        watched = [row["epoch"] + 1 for row in history if row["stage"] == index]
+        if guard and watched:
+            band = float(guard.get("band", 0.2))
+            low = 1 - band if guard.get("watch") == "both" else 0.0
+            axis.fill_between(
+                [min(watched) - 0.5, max(watched) + 0.5], low, 1 + band, color="green", alpha=0.12, linewidth=0
+            )
+    axis.axhline(1.0, color="grey", linewidth=0.8)
+    axis.set_xlabel("epoch")
+    axis.set_ylabel("val loss / before training")
+    axis.set_title(f"{label}: loss components (shaded: drift band)", fontsize=9)
+    axis.legend(fontsize=7)

@@ -301,10 +301,14 @@ class Registry:
                 "BACKBONE (list tiers with `zoo tiers`)"
             )
         base = self._resolve(base_text, depth + 1)
-        tier = attrs.evolve(over.tier, backbone=base.requested if base.source == "file" else base.name, weights=None)
+        from_file = base.source == "file"
+        tier = attrs.evolve(over.tier, backbone=base.requested if from_file else base.name, weights=None)
+        # over a file (a backbone export), the name is the architecture's: checkpoints trained from it
+        # rebuild without the file, and their provenance names the file as where the weights began
+        architecture = base.architecture if from_file and base.architecture else base.name
         return attrs.evolve(
             over,
-            name=f"{base.name}{COMPOSE}{over.tier.name}",
+            name=f"{architecture}{COMPOSE}{over.tier.name}",
             weights=None,  # the backbone's pretrained weights, not the tier's own
             requested=text,
             via=f"{over.tier.name}'s neck and heads over {base.name}",

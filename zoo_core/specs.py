@@ -474,6 +474,12 @@ class DriftGuard:
     components: tuple[str, ...] = attrs.field(default=(), converter=_tuple_of_str)
 
 
+# what a stage's ``loss_norm`` may list, for heads whose losses are sums (MultiGridDet's grid head):
+# ``batch`` divides by the images, ``positives`` also by the assigned cells per image, ``grid`` by
+# every cell of every image
+LOSS_NORM_MODES = ("batch", "positives", "grid")
+
+
 @attrs.frozen
 class Stage:
     """One stage of a recipe. Exactly one of ``freeze`` (level) and ``train`` (groups) applies."""
@@ -491,6 +497,7 @@ class Stage:
     ema: float | None = attrs.field(default=None, converter=lambda value: None if value in (0, False) else value)
     grad_clip: float | None = attrs.field(default=None, validator=_positive)
     loss_scales: Mapping[str, float] = attrs.field(factory=dict, converter=_freeze_mapping, metadata=OMIT_EMPTY)
+    loss_norm: tuple[str, ...] = attrs.field(default=(), converter=_tuple_of_str, metadata=OMIT_EMPTY)
     early_stop: EarlyStop | None = None
     drift_guard: DriftGuard | None = None
     batch_size: int | None = attrs.field(default=None, validator=_positive_int)
@@ -508,6 +515,23 @@ class Stage:
         for key, scale in value.items():
             if not (_is_number(scale) and scale >= 0):
                 raise SpecValueError(f"loss_scales.{key}", f"must be >= 0, got {scale!r}")
+
+    @loss_norm.validator
+    def _check_norm(self, attribute: attrs.Attribute, value: tuple[str, ...]) -> None:
+        for mode in value:
+            if mode not in LOSS_NORM_MODES:
+                raise SpecValueError("loss_norm", f"unknown mode {mode!r}; the modes are {', '.join(LOSS_NORM_MODES)}")
+        if len(set(value)) != len(value):
+            raise SpecValueError("loss_norm", f"lists a mode twice: {list(value)}")
+        if "grid" in value and len(value) > 1:
+            raise SpecValueError(
+                "loss_norm", 'grid already averages over every cell of every image; give ["grid"] alone'
+            )
+        if "positives" in value and "batch" not in value:
+            raise SpecValueError(
+                "loss_norm",
+                'positives divides per image\'s assigned cells and goes with batch: give ["batch", "positives"]',
+            )
 
     def __attrs_post_init__(self) -> None:
         if self.freeze is not None and self.train is not None:
@@ -549,13 +573,8 @@ class Recipe:
     def __attrs_post_init__(self) -> None:
         if not self.stages:
             raise SpecValueError("stages", "a recipe needs at least one stage")
-        if self.max_lr is not None:
-            for index, stage in enumerate(self.stages):
-                if stage.lr.highest() > self.max_lr:
-                    raise SpecValueError(
-                        f"stages[{index}].lr",
-                        f"{stage.lr.highest():g} exceeds this recipe's max_lr {self.max_lr:g}",
-                    )
+        # a stage above max_lr is warned about, not refused (zoo_core.engine.recipes.recipe_warnings):
+        # the guide's ceiling is advice for fine-tuning pretrained weights, and --set may overrule it
 
     @property
     def total_epochs(self) -> int:

@@ -21,7 +21,7 @@ from typing import Any
 import attrs
 
 from zoo_core.engine.task import TaskData
-from zoo_core.errors import DataError
+from zoo_core.errors import DataError, RunError
 from zoo_core.specs import InputConfig, Recipe
 
 log = logging.getLogger(__name__)
@@ -298,9 +298,29 @@ class ClassificationTask:
             outputs = next(iter(outputs.values()))
         return outputs
 
-    def loss(self, outputs: Any, batch: Batch, *, loss_scales: Mapping[str, float], recipe: Recipe | None) -> dict[str, Any]:
+    def check_recipe(self, recipe: Recipe, model: Any) -> None:
+        """Classification has one loss component, ``cls``, already a mean over the batch."""
+        for index, stage in enumerate(recipe.stages):
+            where = f"recipe '{recipe.name}' stages[{index}]"
+            unknown = [key for key in stage.loss_scales if key != "cls"]
+            if unknown:
+                raise RunError(f"{where}.loss_scales.{unknown[0]}: classification's one loss component is cls; scale that")
+            if stage.loss_norm:
+                raise RunError(
+                    f"{where}.loss_norm: classification's loss is already a mean over the batch; loss_norm applies "
+                    "to detection heads that sum theirs (--detector multigrid); remove it from the stage"
+                )
+
+    def loss(
+        self, outputs: Any, batch: Batch, *, loss_scales: Mapping[str, float], loss_norm: Sequence[str] = (), recipe: Recipe | None
+    ) -> dict[str, Any]:
         import torch.nn.functional as F
 
+        if loss_norm:
+            raise RunError(
+                f"loss_norm {list(loss_norm)}: classification's loss is already a mean over the batch; "
+                "loss_norm applies to detection heads that sum theirs (--detector multigrid); remove it from the stage"
+            )
         smoothing = recipe.label_smoothing if recipe is not None else 0.0  # a training regulariser: not in evaluation
         ce = F.cross_entropy(outputs.float(), batch.targets, label_smoothing=smoothing)
         scale = float(loss_scales.get("cls", 1.0))

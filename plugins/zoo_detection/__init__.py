@@ -1,8 +1,8 @@
-"""Zoo plugin: object detection — COCO-format data, FCOS/RetinaNet/Faster R-CNN heads over any
+"""Zoo plugin: object detection — COCO-format data, FCOS/RetinaNet/Faster R-CNN/MultiGridDet heads over any
 registry backbone with an FPN neck, COCO mAP and precision/recall/F1.
 
 Detectors are tiers of the ``detector`` family (``detector/fcos``, ``detector/retinanet``,
-``detector/fasterrcnn``), composed over a backbone by name: ``timm:resnet18+detector/fcos``.
+``detector/fasterrcnn``, ``detector/multigrid``), composed over a backbone by name: ``timm:resnet18+detector/fcos``.
 """
 
 from __future__ import annotations
@@ -11,10 +11,17 @@ from typing import Any
 
 from zoo_core import hookimpl
 
-HEADS = {
-    "fcos": "FCOS: one point per location, centre-ness, no anchors (torchvision)",
-    "retinanet": "RetinaNet: 9 anchors per location, focal loss (torchvision)",
-    "fasterrcnn": "Faster R-CNN: region proposals, then RoI heads (torchvision)",
+HEADS = {  # kind: (factory, description)
+    "fcos": ("zoo_detection.model:fcos_head", "FCOS: one point per location, centre-ness, no anchors (torchvision)"),
+    "retinanet": ("zoo_detection.model:retinanet_head", "RetinaNet: 9 anchors per location, focal loss (torchvision)"),
+    "fasterrcnn": (
+        "zoo_detection.model:fasterrcnn_head",
+        "Faster R-CNN: region proposals, then RoI heads (torchvision)",
+    ),
+    "multigrid": (
+        "zoo_detection.multigrid:multigrid_head",
+        "MultiGridDet: a YOLO-style anchor grid, each object on its 3x3 cells; coord/object/no_object/class/anchor losses",
+    ),
 }
 
 
@@ -33,8 +40,8 @@ def zoo_register_tasks(register: Any) -> None:
 
 @hookimpl
 def zoo_register_heads(register: Any) -> None:
-    for kind, description in HEADS.items():
-        register(kind, f"zoo_detection.model:{kind}_head", description=description)
+    for kind, (factory, description) in HEADS.items():
+        register(kind, factory, description=description)
 
 
 @hookimpl
@@ -53,7 +60,7 @@ def zoo_register_tiers(register: Any) -> None:
             family=DETECTOR_FAMILY, tier=kind, rank=rank, backbone="timm:resnet50", neck=NeckSpec("fpn"),
             heads={"detect": HeadSpec(kind)}, description=description,
         )  # fmt: skip
-        for rank, (kind, description) in enumerate(HEADS.items())
+        for rank, (kind, (_, description)) in enumerate(HEADS.items())
     }
     register(
         FamilySpec(

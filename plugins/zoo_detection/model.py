@@ -14,7 +14,7 @@ Targets: a list of ``{"boxes": (N, 4) xyxy, "labels": (N,) in 0..K-1}``, one per
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -45,6 +45,12 @@ class DetectorOutput:
 
     losses: dict[str, torch.Tensor]
     detections: list[dict[str, torch.Tensor]]
+    # the head's own weights for its components when the stage's loss_scales leave one out
+    scales: Mapping[str, float] = attrs.field(factory=dict)
+    # heads whose losses are sums: per loss_norm mode, what each component is divided by; the
+    # torchvision heads normalise their own losses and report none
+    normalisers: Mapping[str, Mapping[str, torch.Tensor]] = attrs.field(factory=dict)
+    default_norm: tuple[str, ...] = ()
 
 
 class _Width(nn.Module):
@@ -267,6 +273,11 @@ class Detector(nn.Module):
     @property
     def loss_names(self) -> tuple[str, ...]:
         return tuple(self.heads[DETECT].loss_names)
+
+    @property
+    def loss_norm_modes(self) -> tuple[str, ...]:
+        """The ``loss_norm`` modes the head takes; none for heads that average their own losses."""
+        return tuple(getattr(self.heads[DETECT], "loss_norm_modes", ()))
 
     def forward_features(self, images: torch.Tensor) -> list[torch.Tensor]:
         """The backbone's maps the neck takes: what the feature cache stores."""

@@ -1,9 +1,12 @@
 """Object detection on COCO-format data (see :mod:`.coco` for the layouts).
 
 The model is a :class:`~.model.Detector`: a registry backbone name is composed with a detector
-tier (``NAME+detector/fcos``, ``--detector retinanet`` …). The loss is the head's named
-components (FCOS: ``classification``, ``bbox_regression``, ``bbox_ctrness``), each weighted by
-the stage's ``loss_scales``; validation computes them too, with the model in eval mode.
+tier (``NAME+detector/fcos``, ``--detector multigrid`` …). The loss is the head's named
+components (FCOS: ``classification``, ``bbox_regression``, ``bbox_ctrness``; multigrid:
+``coord``, ``object``, ``no_object``, ``class``, ``anchor``), each weighted by the stage's
+``loss_scales`` (over the head's own defaults) and, for heads that sum them, divided as the
+stage's ``loss_norm`` says; validation computes them too, with the model in eval mode and the
+head's default normalisation.
 Metrics: COCO mAP and precision/recall/F1 at IoU 0.5 (:mod:`.metrics`); ``best`` follows ``map``.
 
 Stage ``augment`` settings: ``hflip``, ``scale_jitter``, ``mosaic``, ``mixup``, ``mixup_alpha``.
@@ -78,10 +81,15 @@ class DetectionTask:
         return len(data.class_names)
 
     def model_name(self, name: str, *, detector: str | None, registry: Any) -> str:
-        """The detector to build for ``name``: itself when it is one (or a checkpoint), else ``NAME+detector/KIND``."""
+        """The detector to build for ``name``: itself when it is one (or a detector's checkpoint), else
+        ``NAME+detector/KIND`` — a registry backbone, or a backbone export (``zoo export --backbone-only``)
+        whose tensors start the backbone while neck and head are new."""
         prefix, body = split_source(name)
         if prefix == "file" or (looks_like_path(name) and Path(name).expanduser().is_file()):
-            self._check_detector_checkpoint(Path(body if prefix == "file" else name).expanduser(), registry)
+            path = Path(body if prefix == "file" else name).expanduser()
+            architecture = self._checkpoint_architecture(path, registry)
+            if architecture is None:  # a classifier's backbone export: a backbone like any other
+                return f"{name}{COMPOSE}{self._detector_tier(detector, registry)}"
             if detector is not None:
                 raise RunError(f"--detector: {name} is a checkpoint, which already has its detector; leave --detector out")
             return name
@@ -89,27 +97,49 @@ class DetectionTask:
             if detector is not None:
                 raise RunError(f"--detector: {name} is already a detector; leave --detector out")
             return name
+        return f"{name}{COMPOSE}{self._detector_tier(detector, registry)}"
+
+    @staticmethod
+    def _detector_tier(detector: str | None, registry: Any) -> str:
         try:
-            tier = registry.resolve(f"{DETECTOR_FAMILY}/{detector or DEFAULT_DETECTOR}")
+            return registry.resolve(f"{DETECTOR_FAMILY}/{detector or DEFAULT_DETECTOR}").name
         except UnknownNameError as exc:
             raise RunError(f"--detector {detector!r}: {exc}") from None
-        return f"{name}{COMPOSE}{tier.name}"
 
     @staticmethod
     def _is_detector(resolved: Any, registry: Any) -> bool:
         return resolved.tier is not None and registry.family(resolved.tier.family).builder == DETECTOR_BUILDER
 
-    def _check_detector_checkpoint(self, path: Path, registry: Any) -> None:
-        """A checkpoint to fine-tune must hold a detector; a classifier's is carried over with ``zoo transfer`` first."""
+    def _checkpoint_architecture(self, path: Path, registry: Any) -> str | None:
+        """The detector a checkpoint holds, or ``None`` for a classifier's backbone export.
+
+        A whole classifier's checkpoint is refused: its classifier would be dropped without a word,
+        so ``zoo transfer`` (which reports what it carries) or ``zoo export --backbone-only`` comes first.
+        """
         from zoo_core.tensors import TensorSource
 
-        architecture = TensorSource.from_file(path).model
-        if architecture and not self._is_detector(registry.resolve(architecture), registry):
-            raise RunError(
-                f"{display(path)}: holds a {architecture} classifier, not a detector; carry its backbone into one first: "
-                f"`zoo transfer {display(path)} --to {architecture}{COMPOSE}{DETECTOR_FAMILY}/{DEFAULT_DETECTOR} "
-                "--num-classes N -o detector.pt`"
-            )
+        source = TensorSource.from_file(path)
+        architecture = source.model
+        if not architecture:
+            return ""  # the file source says what is missing
+        resolved = registry.resolve(architecture)
+        backbone_export = (source.meta.get("provenance") or {}).get("export") == "backbone"
+        if self._is_detector(resolved, registry):
+            if backbone_export:
+                raise RunError(
+                    f"{display(path)}: holds the backbone of a {architecture} detector; carry it into the detector to train: "
+                    f"`zoo transfer {display(path)} --to {resolved.tier.backbone}{COMPOSE}{DETECTOR_FAMILY}/KIND "
+                    "--num-classes N -o start.pt`, then --model start.pt"
+                )
+            return architecture
+        if backbone_export:
+            return None
+        raise RunError(
+            f"{display(path)}: holds a {architecture} classifier, not a detector; start from its backbone "
+            f"(`zoo export {display(path)} --backbone-only -o backbone.safetensors`, then --model backbone.safetensors) "
+            f"or carry it into one: `zoo transfer {display(path)} --to {architecture}{COMPOSE}{DETECTOR_FAMILY}/{DEFAULT_DETECTOR} "
+            "--num-classes N -o detector.pt`"
+        )
 
     def dataset(self, data: TaskData, split: str, *, input_config: InputConfig, augment: Mapping[str, Any]) -> Any:
         from .data import DetectionDataset
@@ -172,14 +202,43 @@ class DetectionTask:
         """``model`` is the detector, or (feature cache) what runs its neck and head on cached maps."""
         return model(batch.images, batch.targets, batch.size)
 
-    def loss(self, outputs: Any, batch: Any, *, loss_scales: Mapping[str, float], recipe: Recipe | None) -> dict[str, Any]:
+    def check_recipe(self, recipe: Recipe, model: Any) -> None:
+        """Each stage's ``loss_scales`` names the head's components, and ``loss_norm`` only a head that sums them."""
+        names = tuple(getattr(model, "loss_names", ()))
+        modes = tuple(getattr(model, "loss_norm_modes", ()))
+        for index, stage in enumerate(recipe.stages):
+            where = f"recipe '{recipe.name}' stages[{index}]"
+            unknown = [key for key in stage.loss_scales if key not in names]
+            if names and unknown:
+                raise RunError(f"{where}.loss_scales.{unknown[0]}: the detector's losses are {', '.join(names)}; scale one of those")
+            if stage.loss_norm and not modes:
+                raise RunError(
+                    f"{where}.loss_norm: this detector's head normalises its own losses ({', '.join(names)}); "
+                    "loss_norm applies to heads that sum theirs (--detector multigrid); remove it from the stage"
+                )
+
+    def loss(
+        self, outputs: Any, batch: Any, *, loss_scales: Mapping[str, float], loss_norm: Sequence[str] = (), recipe: Recipe | None
+    ) -> dict[str, Any]:
+        """The head's components, normalised by ``loss_norm`` (or the head's default) and weighted
+        by ``loss_scales`` over the head's own scales; the components are reported unweighted."""
         components = dict(outputs.losses)
         if not components:
             raise RunError("the detector returned no losses; it must be given the batch's targets")
         unknown = sorted(set(loss_scales) - set(components))
         if unknown:
             raise RunError(f"loss_scales.{unknown[0]}: the detector's losses are {', '.join(components)}; scale one of those")
-        total = sum(value * float(loss_scales.get(name, 1.0)) for name, value in components.items())
+        modes = tuple(loss_norm) or tuple(outputs.default_norm)
+        if modes:
+            if not outputs.normalisers:
+                raise RunError(
+                    f"loss_norm {list(modes)}: this detector's head normalises its own losses; loss_norm applies to heads "
+                    "that sum theirs (--detector multigrid); remove it from the stage"
+                )
+            for mode in modes:
+                components = {name: value / outputs.normalisers[mode][name] for name, value in components.items()}
+        scales = {**outputs.scales, **loss_scales}
+        total = sum(value * float(scales.get(name, 1.0)) for name, value in components.items())
         return {"loss": total, **{name: value.detach() for name, value in components.items()}}
 
     def metrics(self, data: TaskData) -> Any:

@@ -72,9 +72,42 @@ class FileSource:
         model = create_model(resolved.architecture, pretrained=False, num_classes=built_classes, registry=registry, **kwargs)
         if weights_path is not None:
             state_dict = read_checkpoint(weights_path, strip=KNOWN_PREFIXES).state_dict
+            if backbone_only:
+                _check_backbone_fits(model, state_dict, weights_path, resolved.architecture, registry)
             loaded = model.load_state_dict(state_dict, strict=not backbone_only)
             if loaded.unexpected_keys:
                 raise CheckpointError(f"{weights_path}: holds tensors {', '.join(loaded.unexpected_keys[:3])} this model lacks")
         if num_classes is not None and num_classes != built_classes:
             replace_head(model, num_classes, registry=registry)
         return model
+
+
+def _check_backbone_fits(model: Any, state_dict: dict[str, Any], path: Path, architecture: str, registry: Any) -> None:
+    """A backbone export must fill every backbone tensor of its model: a partial one would train
+    a backbone that is partly random while the run reports it as pretrained."""
+    from zoo_core.groups import layer_groups
+    from zoo_core.paths import display
+    from zoo_core.specs import Role
+    from zoo_core.transfer import key_groups
+
+    target = model.state_dict()
+    owners = key_groups(list(target), layer_groups(model, registry=registry))
+    backbone = [key for key in target if owners[key][1] is Role.BACKBONE]
+    missing = [key for key in backbone if key not in state_dict]
+    reshaped = [
+        key for key in backbone if key in state_dict and tuple(state_dict[key].shape) != tuple(target[key].shape)
+    ]
+    if not (missing or reshaped):
+        return
+    fits = len(backbone) - len(missing) - len(reshaped)
+    problems = [f"{len(missing)} missing, e.g. {', '.join(missing[:2])}"] if missing else []
+    if reshaped:
+        key = reshaped[0]
+        problems.append(
+            f"{len(reshaped)} of other shapes, e.g. {key} {list(state_dict[key].shape)} for {list(target[key].shape)}"
+        )
+    raise CheckpointError(
+        f"{display(path)}: fits {fits} of {len(backbone)} backbone tensors of {architecture} ({'; '.join(problems)}); "
+        f"export the backbone from a checkpoint of {architecture} (`zoo export CKPT --backbone-only`), "
+        "or carry what fits with `zoo transfer`, which reports it"
+    )

@@ -113,6 +113,7 @@ def _registry_commands(command: Command) -> None:
 
     sub = command("recipes", "list recipes, or show the stages of one", _handler("registry_cmds", "cmd_recipes"))
     sub.add_argument("name", nargs="?")
+    sub.add_argument("--check", action="store_true", help="list what the recipe does that untrains pretrained weights")
     sub.add_argument("--json", action="store_true")
 
 
@@ -171,7 +172,9 @@ def _training_commands(command: Command) -> None:
     sub.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND", help="torch.compile the model")
     sub.add_argument("--no-cache", action="store_true", help="never cache backbone features")
     sub.add_argument("--seed", type=int)
-    sub.add_argument("--detector", help="detection head over the backbone: fcos (default), retinanet, fasterrcnn")
+    sub.add_argument(
+        "--detector", help="detection head over the backbone: fcos (default), retinanet, fasterrcnn, multigrid"
+    )
     sub.add_argument("--classes", help="comma-separated classes to keep, in this order (e.g. one class of multi-class data)")
     sub.add_argument("--json", action="store_true")
 
@@ -195,6 +198,13 @@ def _training_commands(command: Command) -> None:
     sub = command("plot", "draw loss and metric curves of a run, with stage boundaries", _handler("train_cmds", "cmd_plot"))
     sub.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     sub.add_argument("-o", "--output", metavar="FILE.png")
+
+    sub = command(
+        "report", "what a run did, stage by stage, and the fine-tuning checklist (exit 1 when a check fails)",
+        _handler("report_cmds", "cmd_report"),
+    )  # fmt: skip
+    sub.add_argument("run_dir", metavar="RUN_DIR")
+    sub.add_argument("--json", action="store_true")
 
 
 def _demo_command(command: Command) -> None:

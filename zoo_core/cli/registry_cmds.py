@@ -239,6 +239,10 @@ def describe_lr(stage: Any) -> str:
 def cmd_recipes(args: Any) -> int:
     registry = registry_for(args)
     if args.name is None:
+        if args.check:
+            from ..errors import ZooError
+
+            raise ZooError("--check needs a recipe: zoo recipes NAME --check")
         recipes = sorted(registry.recipes.values(), key=lambda recipe: recipe.name)
         if args.json:
             print_json([{**recipe.to_dict(), "origin": str(recipe.origin)} for recipe in recipes])
@@ -247,6 +251,8 @@ def cmd_recipes(args: Any) -> int:
         print(table(rows, ("RECIPE", "STAGES", "EPOCHS", "DESCRIPTION")))
         return 0
     recipe = registry.recipe(args.name)
+    if args.check:
+        return _check_recipe(recipe, as_json=args.json)
     if args.json:
         print_json({**recipe.to_dict(), "origin": str(recipe.origin)})
         return 0
@@ -271,4 +277,20 @@ def cmd_recipes(args: Any) -> int:
         augment = ", ".join(f"{k}={v}" for k, v in stage.augment.items()) or "-"
         rows.append((index, stage.name or "-", stage.epochs, describe_trains(stage), describe_lr(stage), stage.schedule.value, augment, stage.bn.value, "; ".join(other)))
     print(table(rows, ("#", "STAGE", "EPOCHS", "TRAINS", "LR", "SCHEDULE", "AUGMENT", "BN", "OTHER")))
+    return 0
+
+
+def _check_recipe(recipe: Any, *, as_json: bool) -> int:
+    """The fine-tuning guide's warnings about a recipe; advice, so the exit status stays 0."""
+    from ..engine.recipes import recipe_warnings
+
+    warnings = recipe_warnings(recipe)
+    if as_json:
+        print_json({"recipe": recipe.name, "warnings": warnings})
+    elif warnings:
+        print("\n".join(f"warning: recipe '{recipe.name}' {warning}" for warning in warnings))
+    else:
+        print(
+            f"recipe '{recipe.name}': no warnings (stages unfreeze one level at a time, rates within max_lr, no grid normalisation while frozen)"
+        )
     return 0

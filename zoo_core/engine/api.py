@@ -18,6 +18,7 @@ from typing import Any
 
 import attrs
 import torch
+from torch import nn
 
 from ..anatomy import input_config
 from ..checkpoint import KNOWN_PREFIXES, read_checkpoint
@@ -32,7 +33,7 @@ from .device import configure, pick_device
 from .evaluation import evaluate_model
 from .loop import Engine, RunContext
 from .options import RunInfo, RunOptions
-from .recipes import apply_overrides, check_augment_keys, check_batch_split
+from .recipes import apply_overrides, check_augment_keys, check_batch_split, recipe_warnings
 from .rundir import RunFolder
 from .schedule import TrainingSchedule
 from .start import start_model
@@ -98,6 +99,13 @@ def _model_name(task: Task, task_name: str, options: RunOptions, registry: Regis
     return options.model
 
 
+def check_recipe_fits(plan: RunPlan, model: nn.Module) -> None:
+    """The task's check of the recipe's stage settings against the model (loss component names …)."""
+    check = getattr(plan.task, "check_recipe", None)
+    if callable(check):
+        check(plan.recipe, model)
+
+
 def check_model(plan: RunPlan, *, registry: Registry) -> None:
     """Build the model's skeleton (meta device) and its schedule: unknown groups and missing rates fail here.
 
@@ -107,6 +115,7 @@ def check_model(plan: RunPlan, *, registry: Registry) -> None:
     skeleton = build_skeleton(resolved, registry=registry, num_classes=plan.task.num_classes(plan.data), **plan.options.model_options)
     groups = layer_groups(skeleton, granularity=plan.recipe.granularity, registry=registry)
     TrainingSchedule(plan.recipe, groups, registry.plugins.hook.zoo_unfreeze_schedule(recipe=plan.recipe, groups=groups))
+    check_recipe_fits(plan, skeleton)
 
 
 @attrs.frozen
@@ -172,6 +181,10 @@ def prepare(options: RunOptions, *, registry: Registry) -> PreparedRun:
         plan.model, registry=registry, class_names=plan.data.class_names, num_classes=plan.task.num_classes(plan.data),
         pretrained=options.pretrained, **options.model_options,
     )  # fmt: skip
+    check_recipe_fits(plan, start.model)
+    if dist.is_main and not options.resume:  # said once per run, by one process
+        for warning in recipe_warnings(plan.recipe, pretrained=start.provenance.get("weights_sha256") is not None):
+            log.warning("recipe '%s': %s", plan.recipe.name, warning)
     inputs = input_config(start.model, registry.plugins.hook, image_size=options.image_size)
     provenance = {
         **start.provenance,

@@ -47,7 +47,9 @@ def evaluate_model(
             batch = task.to_device(batch, device.device, device.channels_last)
             with device.autocast():
                 outputs = task.forward(model, batch)
-                losses = task.loss(outputs, batch, loss_scales=loss_scales or {}, recipe=None)  # no training-only terms
+                losses = task.loss(
+                    outputs, batch, loss_scales=loss_scales or {}, loss_norm=(), recipe=None
+                )  # no training-only terms
             size = task.batch_size(batch)
             for name, value in losses.items():
                 totals[name] = totals.get(name, 0.0) + float(value) * size

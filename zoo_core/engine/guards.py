@@ -118,6 +118,16 @@ def drift_violations(guard: DriftGuard, baseline: Mapping[str, float], current: 
     return found
 
 
+def drift_ratios(baseline: Mapping[str, float] | None, current: Mapping[str, float]) -> dict[str, float]:
+    """Each validation loss component over its baseline, as ``drift/<component>`` (``drift/loss``
+    for the total): logged every epoch, whether or not the stage's guard watches it."""
+    ratios = {}
+    for key, start in (baseline or {}).items():
+        if key.startswith("val_") and start and key in current:
+            ratios[f"drift/{key.removeprefix('val_')}"] = current[key] / start
+    return ratios
+
+
 def check_drift(guard: DriftGuard | None, baseline: Mapping[str, float] | None, current: Mapping[str, float], where: str) -> bool:
     """Warn about drift, or report that the run must stop (``True``) when the guard says so."""
     if guard is None or not baseline:
@@ -125,7 +135,8 @@ def check_drift(guard: DriftGuard | None, baseline: Mapping[str, float] | None, 
     violations = drift_violations(guard, baseline, current)
     if not violations:
         return False
-    message = f"{where}: drift guard (±{guard.band:.0%}): " + "; ".join(violations)
+    sign = "±" if guard.watch is DriftWatch.BOTH else "+"  # a guard watching rises ignores falls
+    message = f"{where}: drift guard ({sign}{guard.band:.0%}): " + "; ".join(violations)
     if guard.action is DriftAction.STOP:
         log.error("%s; stopping", message)
         return True

@@ -29,10 +29,10 @@ from .cache import IndexDataset, cached_collate
 from .device import DeviceConfig
 from .ema import ModelEma
 from .evaluation import evaluate_model
-from .guards import Best, EarlyStopping, NonFiniteGuard, Stop, StopReason, check_drift
+from .guards import Best, EarlyStopping, NonFiniteGuard, Stop, StopReason, check_drift, drift_ratios, drift_violations
 from .logs import TensorBoardWriter, format_row, progress
 from .options import RunInfo, RunOptions
-from .rundir import RunFolder
+from .rundir import BASELINE_FILE, RunFolder
 from .schedule import TrainingSchedule, lr_factor
 from .setup import StageSetup
 from .state import Position, RunState, Trained, checkpoint_content, restore, seed_everything
@@ -126,8 +126,12 @@ class Engine:
     def run(self, resume: Mapping[str, Any] | None = None) -> RunResult:
         if resume is not None:
             self._restore(resume)
-        elif any(stage.drift_guard for stage in self.recipe.stages):
-            self.state.baseline = self._validate()  # the pretrained loss the drift guard compares against
+        else:
+            # the starting weights' validation losses, before any step: what the drift guard compares
+            # each epoch against, and what `zoo report` checks the trained model's loss against
+            self.state.baseline = self._validate()
+            if self.dist.is_main:
+                self.folder.write_json(BASELINE_FILE, self.state.baseline)
         stopped = None
         for stage_index in range(self.state.position.stage, len(self.recipe.stages)):
             stopped = self._run_stage(stage_index, self.recipe.stages[stage_index])
@@ -176,6 +180,17 @@ class Engine:
             epoch=position.epoch + 1,
             step=position.step,
         )
+        if drift:
+            row["stop"] = {
+                "reason": StopReason.DRIFT.value,
+                "detail": "; ".join(drift_violations(stage.drift_guard, self.state.baseline or {}, val)),
+            }
+        elif early and stopper is not None:
+            spec = stopper.spec
+            row["stop"] = {
+                "reason": StopReason.EARLY_STOP.value,
+                "detail": f"{spec.monitor} did not improve on {stopper.best:.4g} for {spec.patience} epochs",
+            }
         self._save_epoch(row, improved, finished_stage=stage_index if (last_epoch or drift) else None)
         self.hook.zoo_on_epoch_end(run=self.context.info, epoch=row["epoch"], metrics=row)
         if drift:
@@ -245,7 +260,8 @@ class Engine:
             if setup.cached is None:
                 batch = self.task.augment_batch(batch, stage.augment, augment_generator)
             with device.autocast():
-                losses = self.task.loss(self.task.forward(setup.train_forward, batch), batch, loss_scales=stage.loss_scales, recipe=self.recipe)
+                outputs = self.task.forward(setup.train_forward, batch)
+                losses = self.task.loss(outputs, batch, loss_scales=stage.loss_scales, loss_norm=stage.loss_norm, recipe=self.recipe)
             loss = losses["loss"]
             if not self.nonfinite.check(self._all_finite(float(loss.detach())), where):
                 _clear_grads(trainable)
@@ -314,6 +330,7 @@ class Engine:
             "seconds": round(seconds, 4),
         }
         row.update({f"lr/{group}": rate for group, rate in setup.rates.items()})
+        row.update(drift_ratios(self.state.baseline, val))
         row.update({f"lr_now/{group}": rate for group, rate in current_rates(self.optimizer).items()})
         self.state.history.append(row)
         self.state.nonfinite_skipped = self.nonfinite.skipped

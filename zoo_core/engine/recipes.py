@@ -1,5 +1,6 @@
 """A recipe as a run uses it: ``--set`` overrides applied and validated again, augment keys
-checked against the task, and the batch size checked against the number of processes."""
+checked against the task, the batch size checked against the number of processes, and the
+warnings of MultiGridDet's fine-tuning guide (seed 002) about what untrains pretrained weights."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import tomllib
 
 from ..catalog import Where, recipe_from_mapping
 from ..errors import RecipeError, did_you_mean
-from ..specs import Recipe
+from ..specs import FreezeLevel, Recipe, Stage
 
 
 def _parse_value(raw: str) -> Any:
@@ -73,3 +74,44 @@ def check_batch_split(recipe: Recipe, world_size: int) -> None:
                 f"recipe '{recipe.name}' stages[{index}]: batch size {batch} does not split over {world_size} processes; "
                 f"use a multiple of {world_size} (--set batch_size=...)"
             )
+
+
+def _label(index: int, stage: Stage) -> str:
+    return f"stages[{index}]" + (f" ({stage.name})" if stage.name else "")
+
+
+def _freezes(stage: Stage) -> bool:
+    return (stage.freeze is not None and stage.freeze is not FreezeLevel.NONE) or stage.train is not None
+
+
+def recipe_warnings(recipe: Recipe, *, pretrained: bool | None = None) -> list[str]:
+    """What the guide warns against, one line each: ``zoo recipes NAME --check`` and ``finetune`` show them.
+
+    ``pretrained``: whether the run starts from trained weights (``None``: not known, as in
+    ``zoo recipes --check``, which warns as if it did).
+    """
+    found = []
+    for index, stage in enumerate(recipe.stages):
+        if recipe.max_lr is not None and stage.lr.highest() > recipe.max_lr:
+            found.append(
+                f"{_label(index, stage)}: lr {stage.lr.highest():g} exceeds the recipe's max_lr {recipe.max_lr:g}; "
+                "higher rates untrain pretrained weights (lower it, or raise max_lr if the weights are new)"
+            )
+        if index and stage.freeze is FreezeLevel.NONE and recipe.stages[index - 1].freeze is FreezeLevel.ALL_BUT_HEADS:
+            found.append(
+                f"{_label(index - 1, recipe.stages[index - 1])} -> {_label(index, stage)}: freeze level jumps from 2 straight to 0; "
+                "unfreezing backbone and neck at once destabilises them: put a freeze = 1 stage between"
+            )
+        if "grid" in stage.loss_norm and (_freezes(stage) or pretrained is not False):
+            why = (
+                "groups are frozen"
+                if _freezes(stage)
+                else "the weights are pretrained"
+                if pretrained
+                else "fine-tuning pretrained weights"
+            )
+            found.append(
+                f"{_label(index, stage)}: loss_norm grid while {why}; a per-cell mean changes the loss scale too much for "
+                'weights trained under another normalisation: use ["batch"] (or ["batch", "positives"])'
+            )
+    return found

@@ -5,6 +5,7 @@ Layout::
     RUN/run.json          recipe, model, task, data, seed: what --resume must match
     RUN/recipe.json       the resolved recipe (after --set overrides)
     RUN/provenance.json   where the starting weights came from (and the transfer plan)
+    RUN/baseline.json     the starting weights' validation losses and metrics, before any step
     RUN/metrics.jsonl     one row per epoch
     RUN/checkpoints/last.pt, last.prev.pt, best.pt, stage-<i>-<name>.pt
 
@@ -27,6 +28,8 @@ from .. import locking
 from ..checkpoint import save_checkpoint, torch_load
 from ..errors import CheckpointError, RunError
 from ..fileio import atomic_write_json, fsync_dir, remove_stale_temporaries
+
+BASELINE_FILE = "baseline.json"
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +105,15 @@ class RunFolder:
         if created:
             shutil.rmtree(self.path, ignore_errors=True)
             return
-        for name in ("run.json", "recipe.json", "provenance.json", "transfer.json", "groups.json", "metrics.jsonl"):
+        for name in (
+            "run.json",
+            "recipe.json",
+            "provenance.json",
+            "transfer.json",
+            "groups.json",
+            BASELINE_FILE,
+            "metrics.jsonl",
+        ):
             (self.path / name).unlink(missing_ok=True)
 
     def write_json(self, name: str, data: Any) -> None:

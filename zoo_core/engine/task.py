@@ -9,7 +9,9 @@ the task touches them.
 Optional: ``cached_batch(dataset, indices, inputs)`` builds a batch of the given items with
 the given (cached trunk) inputs without loading the items' images; the feature cache uses it
 when present. ``model_name(name, *, detector, registry)`` says which model to build for the
-name the user gave (detection composes ``NAME+detector/fcos``).
+name the user gave (detection composes ``NAME+detector/fcos``). ``check_recipe(recipe, model)``
+refuses stage settings the model cannot honour (a ``loss_scales`` key naming no loss component,
+a ``loss_norm`` for a loss that is already a mean) before anything is written.
 """
 
 from __future__ import annotations
@@ -84,11 +86,15 @@ class Task(Protocol):
 
     def forward(self, model: Any, batch: Any) -> Any: ...
 
-    def loss(self, outputs: Any, batch: Any, *, loss_scales: Mapping[str, float], recipe: Recipe | None) -> dict[str, Any]:
+    def loss(
+        self, outputs: Any, batch: Any, *, loss_scales: Mapping[str, float], loss_norm: Sequence[str], recipe: Recipe | None
+    ) -> dict[str, Any]:
         """Named loss components and their weighted total ``"loss"``.
 
-        ``recipe`` is the recipe being trained (the task reads its own settings from it, e.g.
-        classification's ``label_smoothing``), or ``None`` when evaluating.
+        ``loss_norm`` is the stage's (empty: the task's or model's default); validation always
+        passes the default, so that validation losses compare across stages. ``recipe`` is the
+        recipe being trained (the task reads its own settings from it, e.g. classification's
+        ``label_smoothing``), or ``None`` when evaluating.
         """
         ...
 
