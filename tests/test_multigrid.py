@@ -155,7 +155,7 @@ def test_loss_norm_modes_divide_as_they_say(modes: list[str]) -> None:
     found = task.loss(outputs, None, loss_scales={}, loss_norm=modes, recipe=None)
     images, cells = 2.0, 2.0 * sum((SIZE // s) ** 2 for s in STRIDES)
     positives = float(outputs.normalisers["positives"]["object"]) * images  # assigned cells in the batch
-    for name, total in outputs.losses.items():
+    for name, total in ((name, value.detach()) for name, value in outputs.losses.items()):
         expected = float(total) / {"batch": images, "grid": cells}.get(modes[0], images)
         if "positives" in modes and name != "no_object":
             expected = float(total) / positives  # per image, then per image's assigned cells
