@@ -559,3 +559,18 @@ def test_finetune_prints_the_recipe_warnings_once_and_runs(zoo, data):
     assert result.code == 0, result
     assert result.err.count("exceeds the recipe's max_lr 0.0001") == 1
     assert Path("run/checkpoints/best.pt").is_file()
+
+
+@pytest.mark.parametrize(
+    "setting, expected",
+    [
+        ("loss_scales = { box = 2.0 }", "recipe 'fast' stages[0].loss_scales.box: classification's one loss component is cls; scale that"),
+        ('loss_norm = ["batch"]', "recipe 'fast' stages[0].loss_norm: classification's loss is already a mean over the batch"),
+    ],
+    ids=["unknown-component", "loss-norm"],
+)
+def test_classification_refuses_loss_settings_it_cannot_honour_and_writes_nothing(zoo, data, setting, expected):
+    write_project_recipe(stage_toml(f"epochs = 1\nlr = 1e-3\n{setting}"))
+    result = zoo("finetune", "--recipe", "fast", "--model", MODEL, "--data", data, *FAST, "--run-dir", "run")
+    assert one_error_line(result).startswith(f"zoo: error: {expected}")
+    assert not Path("run").exists()

@@ -12,16 +12,19 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from .catalog import Where, recipe_from_mapping
-from .engine.rundir import BASELINE_FILE
 from .errors import ZooError
 from .paths import display
 from .plot import read_history
 from .specs import DriftWatch, MonitorMode, Recipe, Stage, to_plain
+
+# the starting weights' validation losses, which the engine writes before the first step; named
+# here, where reading a run folder stays free of torch, and imported by the run folder's writer
+BASELINE_FILE = "baseline.json"
 
 
 def _read_json(path: Path) -> Any:
@@ -145,8 +148,9 @@ def _component_checks(
     return checks
 
 
-def build_report(run_dir: Path | str, *, monitor: tuple[str, MonitorMode | str] | None = None) -> dict[str, Any]:
-    """What the run in ``run_dir`` did and its checklist; ``monitor`` is the task's (metric, mode) for "best"."""
+def build_report(run_dir: Path | str, *, monitor_for: Callable[[str], tuple[str, str]] | None = None) -> dict[str, Any]:
+    """What the run in ``run_dir`` did and its checklist; ``monitor_for(task)`` gives the run's task's
+    (metric, mode) that "best" follows (none: no best is reported)."""
     run_dir = Path(run_dir)
     record = _read_json(run_dir / "run.json")
     if not isinstance(record, Mapping):
@@ -159,6 +163,7 @@ def build_report(run_dir: Path | str, *, monitor: tuple[str, MonitorMode | str] 
     stages = [
         _stage_summary(i, stage, _stage_rows(history, i), groups, status) for i, stage in enumerate(recipe.stages)
     ]
+    monitor = monitor_for(record["task"]) if monitor_for is not None and record.get("task") else None
     best = None
     if monitor is not None and history:
         metric, mode = monitor[0], MonitorMode(monitor[1])

@@ -172,6 +172,18 @@ class ClassificationMetrics:
         }
 
 
+def _check_loss_settings(loss_scales: Mapping[str, float], loss_norm: Sequence[str], *, where: str = "") -> None:
+    """Classification has one loss component, ``cls``, already a mean over the batch."""
+    unknown = [key for key in loss_scales if key != "cls"]
+    if unknown:
+        raise RunError(f"{where}loss_scales.{unknown[0]}: classification's one loss component is cls; scale that")
+    if loss_norm:
+        raise RunError(
+            f"{where}loss_norm: classification's loss is already a mean over the batch; loss_norm applies "
+            "to detection heads that sum theirs (--detector multigrid); remove it from the stage"
+        )
+
+
 class ClassificationTask:
     name = "classification"
     augment_keys = frozenset({"hflip", "crop_scale", "mixup", "mixup_alpha", "mosaic"})
@@ -299,28 +311,15 @@ class ClassificationTask:
         return outputs
 
     def check_recipe(self, recipe: Recipe, model: Any) -> None:
-        """Classification has one loss component, ``cls``, already a mean over the batch."""
         for index, stage in enumerate(recipe.stages):
-            where = f"recipe '{recipe.name}' stages[{index}]"
-            unknown = [key for key in stage.loss_scales if key != "cls"]
-            if unknown:
-                raise RunError(f"{where}.loss_scales.{unknown[0]}: classification's one loss component is cls; scale that")
-            if stage.loss_norm:
-                raise RunError(
-                    f"{where}.loss_norm: classification's loss is already a mean over the batch; loss_norm applies "
-                    "to detection heads that sum theirs (--detector multigrid); remove it from the stage"
-                )
+            _check_loss_settings(stage.loss_scales, stage.loss_norm, where=f"recipe '{recipe.name}' stages[{index}].")
 
     def loss(
         self, outputs: Any, batch: Batch, *, loss_scales: Mapping[str, float], loss_norm: Sequence[str] = (), recipe: Recipe | None
     ) -> dict[str, Any]:
         import torch.nn.functional as F
 
-        if loss_norm:
-            raise RunError(
-                f"loss_norm {list(loss_norm)}: classification's loss is already a mean over the batch; "
-                "loss_norm applies to detection heads that sum theirs (--detector multigrid); remove it from the stage"
-            )
+        _check_loss_settings(loss_scales, loss_norm)
         smoothing = recipe.label_smoothing if recipe is not None else 0.0  # a training regulariser: not in evaluation
         ce = F.cross_entropy(outputs.float(), batch.targets, label_smoothing=smoothing)
         scale = float(loss_scales.get("cls", 1.0))

@@ -34,6 +34,20 @@ DEFAULT_DETECTOR = "fcos"
 SCORE_THRESHOLD = 0.5  # precision/recall/F1 count detections scoring at least this
 
 
+def _check_loss_settings(
+    loss_scales: Mapping[str, float], loss_norm: Sequence[str], names: Sequence[str], modes: Sequence[str], *, where: str = ""
+) -> None:
+    """A ``loss_scales`` key must name one of the head's components, and ``loss_norm`` needs a head that sums them."""
+    unknown = [key for key in loss_scales if key not in names]
+    if names and unknown:
+        raise RunError(f"{where}loss_scales.{unknown[0]}: the detector's losses are {', '.join(names)}; scale one of those")
+    if loss_norm and not modes:
+        raise RunError(
+            f"{where}loss_norm: this detector's head normalises its own losses ({', '.join(names)}); "
+            "loss_norm applies to heads that sum theirs (--detector multigrid); remove it from the stage"
+        )
+
+
 def _category_names(split: Any) -> list[str]:
     return [name for _, name in split.categories]
 
@@ -87,8 +101,7 @@ class DetectionTask:
         prefix, body = split_source(name)
         if prefix == "file" or (looks_like_path(name) and Path(name).expanduser().is_file()):
             path = Path(body if prefix == "file" else name).expanduser()
-            architecture = self._checkpoint_architecture(path, registry)
-            if architecture is None:  # a classifier's backbone export: a backbone like any other
+            if self._is_backbone_export(path, registry):  # a classifier's backbone: a backbone like any other
                 return f"{name}{COMPOSE}{self._detector_tier(detector, registry)}"
             if detector is not None:
                 raise RunError(f"--detector: {name} is a checkpoint, which already has its detector; leave --detector out")
@@ -110,8 +123,8 @@ class DetectionTask:
     def _is_detector(resolved: Any, registry: Any) -> bool:
         return resolved.tier is not None and registry.family(resolved.tier.family).builder == DETECTOR_BUILDER
 
-    def _checkpoint_architecture(self, path: Path, registry: Any) -> str | None:
-        """The detector a checkpoint holds, or ``None`` for a classifier's backbone export.
+    def _is_backbone_export(self, path: Path, registry: Any) -> bool:
+        """Whether a checkpoint is a classifier's backbone export (``False``: a detector's checkpoint).
 
         A whole classifier's checkpoint is refused: its classifier would be dropped without a word,
         so ``zoo transfer`` (which reports what it carries) or ``zoo export --backbone-only`` comes first.
@@ -121,7 +134,7 @@ class DetectionTask:
         source = TensorSource.from_file(path)
         architecture = source.model
         if not architecture:
-            return ""  # the file source says what is missing
+            return False  # the file source says what is missing when the run reads it
         resolved = registry.resolve(architecture)
         backbone_export = (source.meta.get("provenance") or {}).get("export") == "backbone"
         if self._is_detector(resolved, registry):
@@ -131,9 +144,9 @@ class DetectionTask:
                     f"`zoo transfer {display(path)} --to {resolved.tier.backbone}{COMPOSE}{DETECTOR_FAMILY}/KIND "
                     "--num-classes N -o start.pt`, then --model start.pt"
                 )
-            return architecture
+            return False
         if backbone_export:
-            return None
+            return True
         raise RunError(
             f"{display(path)}: holds a {architecture} classifier, not a detector; start from its backbone "
             f"(`zoo export {display(path)} --backbone-only -o backbone.safetensors`, then --model backbone.safetensors) "
@@ -204,18 +217,9 @@ class DetectionTask:
 
     def check_recipe(self, recipe: Recipe, model: Any) -> None:
         """Each stage's ``loss_scales`` names the head's components, and ``loss_norm`` only a head that sums them."""
-        names = tuple(getattr(model, "loss_names", ()))
-        modes = tuple(getattr(model, "loss_norm_modes", ()))
+        names, modes = tuple(getattr(model, "loss_names", ())), tuple(getattr(model, "loss_norm_modes", ()))
         for index, stage in enumerate(recipe.stages):
-            where = f"recipe '{recipe.name}' stages[{index}]"
-            unknown = [key for key in stage.loss_scales if key not in names]
-            if names and unknown:
-                raise RunError(f"{where}.loss_scales.{unknown[0]}: the detector's losses are {', '.join(names)}; scale one of those")
-            if stage.loss_norm and not modes:
-                raise RunError(
-                    f"{where}.loss_norm: this detector's head normalises its own losses ({', '.join(names)}); "
-                    "loss_norm applies to heads that sum theirs (--detector multigrid); remove it from the stage"
-                )
+            _check_loss_settings(stage.loss_scales, stage.loss_norm, names, modes, where=f"recipe '{recipe.name}' stages[{index}].")
 
     def loss(
         self, outputs: Any, batch: Any, *, loss_scales: Mapping[str, float], loss_norm: Sequence[str] = (), recipe: Recipe | None
@@ -225,18 +229,9 @@ class DetectionTask:
         components = dict(outputs.losses)
         if not components:
             raise RunError("the detector returned no losses; it must be given the batch's targets")
-        unknown = sorted(set(loss_scales) - set(components))
-        if unknown:
-            raise RunError(f"loss_scales.{unknown[0]}: the detector's losses are {', '.join(components)}; scale one of those")
-        modes = tuple(loss_norm) or tuple(outputs.default_norm)
-        if modes:
-            if not outputs.normalisers:
-                raise RunError(
-                    f"loss_norm {list(modes)}: this detector's head normalises its own losses; loss_norm applies to heads "
-                    "that sum theirs (--detector multigrid); remove it from the stage"
-                )
-            for mode in modes:
-                components = {name: value / outputs.normalisers[mode][name] for name, value in components.items()}
+        _check_loss_settings(loss_scales, loss_norm, tuple(components), tuple(outputs.normalisers))
+        for mode in tuple(loss_norm) or tuple(outputs.default_norm):
+            components = {name: value / outputs.normalisers[mode][name] for name, value in components.items()}
         scales = {**outputs.scales, **loss_scales}
         total = sum(value * float(scales.get(name, 1.0)) for name, value in components.items())
         return {"loss": total, **{name: value.detach() for name, value in components.items()}}

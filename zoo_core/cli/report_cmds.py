@@ -75,20 +75,10 @@ def cmd_report(args: Any) -> int:
     if not run_dir.is_dir():
         raise ZooError(f"{display(run_dir)}: no such run folder; give the --run-dir of a `zoo finetune` run")
     registry = registry_for(args)
-    record_task = _task_name(run_dir)
-    monitor = registry.task(record_task).monitor if record_task else None
-    report = build_report(run_dir, monitor=monitor)
+    report = build_report(run_dir, monitor_for=lambda task: registry.task(task).monitor)
     if args.json:
         print_json(report)
     else:
         print(format_report(report))
     return 0 if report["passed"] else 1
 
-
-def _task_name(run_dir: Path) -> str | None:
-    import json
-
-    try:
-        return json.loads((run_dir / "run.json").read_text()).get("task")
-    except (OSError, ValueError):
-        return None  # build_report says what is wrong with the folder

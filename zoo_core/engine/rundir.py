@@ -28,8 +28,7 @@ from .. import locking
 from ..checkpoint import save_checkpoint, torch_load
 from ..errors import CheckpointError, RunError
 from ..fileio import atomic_write_json, fsync_dir, remove_stale_temporaries
-
-BASELINE_FILE = "baseline.json"
+from ..report import BASELINE_FILE
 
 log = logging.getLogger(__name__)
 
