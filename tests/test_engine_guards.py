@@ -212,13 +212,14 @@ def test_empty_data_folder(zoo, tmp_path):
 
 def test_missing_data_folder(zoo, tmp_path):
     line = finetune_line(zoo, "--recipe", "linear-probe", "--data", tmp_path / "nowhere")
-    assert line == f"zoo: error: {tmp_path / 'nowhere'}: no such data folder"
+    assert line == f"zoo: error: {tmp_path / 'nowhere'}: no such data folder or file"
 
 
 def test_data_path_that_is_a_file(zoo, tmp_path):
     (tmp_path / "images.txt").write_text("not a folder")
     line = finetune_line(zoo, "--recipe", "linear-probe", "--data", tmp_path / "images.txt")
-    assert line == f"zoo: error: {tmp_path / 'images.txt'}: no such data folder"
+    assert line.startswith(f"zoo: error: {tmp_path / 'images.txt'}: matches no classification data layout; readers: ")
+    assert line.endswith("pass --data-format NAME to force one")
 
 
 def test_class_folder_with_no_images(zoo, data):

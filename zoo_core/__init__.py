@@ -40,6 +40,8 @@ _LAZY = {
     "FeatureExtractor": "zoo_core.features",
     "ZooModel": "zoo_core.zoomodel",
     "finetune": "zoo_core.engine.api",
+    "run_chain": "zoo_core.chains",
+    "trace_lineage": "zoo_core.lineage",
     "evaluate": "zoo_core.engine.api",
     "load_model": "zoo_core.inference",
 }

@@ -2,7 +2,8 @@
 
 Layers, later wins: the built-in ``registry.toml`` < ``$ZOO_HOME/registry.toml`` <
 ``./zoo.toml`` < each ``--registry FILE``. Sections: ``[aliases]``, ``[families.NAME]`` with
-``[families.NAME.tiers.TIER]``, and ``[recipes.NAME]`` with ``[[recipes.NAME.stages]]``.
+``[families.NAME.tiers.TIER]``, ``[recipes.NAME]`` with ``[[recipes.NAME.stages]]``, and
+``[chains.NAME]`` with ``[[chains.NAME.steps]]``.
 Every entry remembers its origin; every error names the file and the key path, e.g.
 ``zoo.toml: recipes.fast.stages[1].lr: must be > 0, got -1``.
 
@@ -22,6 +23,8 @@ from . import paths
 from .errors import CatalogError, did_you_mean
 from .specs import (
     AliasSpec,
+    Chain,
+    ChainStep,
     DriftGuard,
     EarlyStop,
     FamilySpec,
@@ -294,6 +297,68 @@ def recipe_from_mapping(name: str, value: Any, where: Where) -> Recipe:
     return _build(where, Recipe, name=name, stages=stages, origin=where.origin(), **data)
 
 
+# --- chains ------------------------------------------------------------------------------------
+
+STEP_KEYS = spec_keys(ChainStep)
+CHAIN_KEYS = tuple(key for key in spec_keys(Chain) if key != "name")
+
+
+def _toml_literal(value: Any) -> str:
+    """A value as TOML source text, so a step's ``set`` table becomes ``--set KEY=VALUE`` overrides."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_literal(item) for item in value) + "]"
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{key} = {_toml_literal(item)}" for key, item in value.items()) + "}"
+    raise TypeError(f"cannot write {value!r} as a recipe value")
+
+
+def _overrides(value: Any, where: Where) -> tuple[str, ...]:
+    """``set = ["stages.*.epochs=1"]`` or ``set = { "stages.*.epochs" = 1 }``."""
+    if isinstance(value, list) and all(isinstance(item, str) and "=" in item for item in value):
+        return tuple(value)
+    if isinstance(value, Mapping):
+        try:
+            return tuple(f"{key}={_toml_literal(item)}" for key, item in value.items())
+        except TypeError as exc:
+            raise where.error(str(exc)) from None
+    raise where.error('must be a table of recipe values ({ "stages.*.epochs" = 1 }) or a list of "KEY=VALUE" strings')
+
+
+def step_from_mapping(value: Any, where: Where) -> ChainStep:
+    data = dict(_table(value, where))
+    _check_keys(data, STEP_KEYS, where)
+    for required in ("name", "data"):
+        if not isinstance(data.get(required), str):
+            raise where.key(required).error("is required: " + ("the step's name" if required == "name" else "its data folder or file"))
+    if "set" in data:
+        data["set"] = _overrides(data["set"], where.key("set"))
+    if "classes" in data:
+        data["classes"] = _class_names(data["classes"], where.key("classes"))
+    if "compare_scratch" in data and not isinstance(data["compare_scratch"], bool):
+        raise where.key("compare_scratch").error(f"must be true or false, got {data['compare_scratch']!r}")
+    return _build(where, ChainStep, **data)
+
+
+def chain_from_mapping(name: str, value: Any, where: Where) -> Chain:
+    data = dict(_table(value, where))
+    _check_keys(data, CHAIN_KEYS, where)
+    if not isinstance(data.get("model"), str):
+        raise where.key("model").error("is required: the registry name or checkpoint the first step starts from")
+    steps_data = data.pop("steps", None)
+    if not isinstance(steps_data, list) or not steps_data:
+        raise where.key("steps").error("is required: a list of [[steps]] tables")
+    steps = [step_from_mapping(step, where.key("steps").index(i)) for i, step in enumerate(steps_data)]
+    if "pretrained" in data and not isinstance(data["pretrained"], bool):
+        raise where.key("pretrained").error(f"must be true or false, got {data['pretrained']!r}")
+    return _build(where, Chain, name=name, steps=steps, origin=where.origin(), **data)
+
+
 # --- files and layers ----------------------------------------------------------------------------
 
 
@@ -305,20 +370,23 @@ class CatalogLayer:
     aliases: Mapping[str, AliasSpec]
     families: Mapping[str, FamilySpec]
     recipes: Mapping[str, Recipe]
+    chains: Mapping[str, Chain] = attrs.field(factory=dict)
 
 
 def parse_catalog(data: Mapping[str, Any], label: str) -> CatalogLayer:
     """Validate one catalog's parsed TOML."""
     root = Where(label)
-    _check_keys(data, ("aliases", "families", "recipes"), root)
+    _check_keys(data, ("aliases", "families", "recipes", "chains"), root)
     aliases_data = _table(data.get("aliases", {}), root.key("aliases"))
     families_data = _table(data.get("families", {}), root.key("families"))
     recipes_data = _table(data.get("recipes", {}), root.key("recipes"))
+    chains_data = _table(data.get("chains", {}), root.key("chains"))
     return CatalogLayer(
         label=label,
         aliases={n: alias_from_mapping(n, v, root.key("aliases").key(n)) for n, v in aliases_data.items()},
         families={n: family_from_mapping(n, v, root.key("families").key(n)) for n, v in families_data.items()},
         recipes={n: recipe_from_mapping(n, v, root.key("recipes").key(n)) for n, v in recipes_data.items()},
+        chains={n: chain_from_mapping(n, v, root.key("chains").key(n)) for n, v in chains_data.items()},
     )
 
 
@@ -343,6 +411,7 @@ class Catalog:
     aliases: Mapping[str, AliasSpec]
     families: Mapping[str, FamilySpec]
     recipes: Mapping[str, Recipe]
+    chains: Mapping[str, Chain] = attrs.field(factory=dict)
 
 
 def catalog_files(extra: Sequence[Path | str] = ()) -> list[tuple[Path, str]]:
@@ -365,8 +434,10 @@ def merge_layers(layers: Sequence[CatalogLayer]) -> Catalog:
     aliases: dict[str, AliasSpec] = {}
     families: dict[str, FamilySpec] = {}
     recipes: dict[str, Recipe] = {}
+    chains: dict[str, Chain] = {}
     for layer in layers:
         aliases.update(layer.aliases)
         families.update(layer.families)
         recipes.update(layer.recipes)
-    return Catalog(tuple(layers), aliases, families, recipes)
+        chains.update(layer.chains)
+    return Catalog(tuple(layers), aliases, families, recipes, chains)

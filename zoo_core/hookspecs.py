@@ -18,12 +18,13 @@ if TYPE_CHECKING:  # the real types, without importing torch when plugins are li
     from torch import nn
 
     from .anatomy import FeatureMaps
+    from .datasets import DatasetReader
     from .engine.options import RunInfo
     from .engine.task import Task
     from .groups import LayerGroups
     from .registry import Registry
     from .sources import Source
-    from .specs import FamilySpec, Granularity, InputConfig, Recipe, ResolvedModel, Stage, TransferRules
+    from .specs import Chain, FamilySpec, Granularity, InputConfig, Recipe, ResolvedModel, Stage, TransferRules
     from .tensorops import ClassRows
 
 PROJECT_NAME = "zoo"
@@ -53,6 +54,14 @@ class RegisterTask(Protocol):
 
 class RegisterRecipe(Protocol):
     def __call__(self, recipe: Recipe | Mapping[str, Any], /) -> None: ...
+
+
+class RegisterDatasetReader(Protocol):
+    def __call__(self, reader: DatasetReader, /) -> None: ...
+
+
+class RegisterChain(Protocol):
+    def __call__(self, chain: Chain | Mapping[str, Any], /) -> None: ...
 
 
 GroupAssignments = Sequence[tuple[str, str, Sequence[str]]]
@@ -117,12 +126,40 @@ def zoo_register_tasks(register: RegisterTask) -> None:
 
 
 @hookspec
+def zoo_register_datasets(register: RegisterDatasetReader) -> None:
+    """Register dataset readers: the data layouts a task reads (Tiny ImageNet, ImageNet, CSV lists …).
+
+    :param register: call ``register(reader)`` once per reader; ``reader`` follows
+        :class:`zoo_core.datasets.DatasetReader`: a ``name`` that ``--data-format`` selects, the
+        ``task`` whose items it reads, a one-line ``layout`` shown when a path matches no reader,
+        an integer ``priority`` (auto-detection tries lower first: specific layouts before
+        generic ones), ``recognises(root) -> bool`` and ``read(root)``, whose result the task
+        defines (classification's is ``zoo_classification.readers.ClassificationLayout``).
+        Registering a name twice, from one plugin or two, is an error that names both plugins.
+    :return: nothing; results are collected through ``register``.
+    """
+
+
+@hookspec
 def zoo_register_recipes(register: RegisterRecipe) -> None:
     """Register fine-tune recipes.
 
     :param register: call ``register(recipe)`` with a :class:`zoo_core.specs.Recipe` or a
         mapping in the ``[recipes.NAME]`` TOML layout plus a ``name`` key. Recipes in
         ``registry.toml`` files replace plugin recipes of the same name.
+    :return: nothing; results are collected through ``register``.
+    """
+
+
+@hookspec
+def zoo_register_chains(register: RegisterChain) -> None:
+    """Register chains: recipes run over datasets in order, each step starting from the last one's best weights.
+
+    :param register: call ``register(chain)`` with a :class:`zoo_core.specs.Chain` or a mapping
+        in the ``[chains.NAME]`` TOML layout (``model``, optional ``recipe``, ``task``,
+        ``image_size``, and a ``steps`` list of ``name``/``data``/``recipe``/``set``/``classes``
+        tables) plus a ``name`` key. Chains in ``registry.toml`` files replace plugin chains of
+        the same name.
     :return: nothing; results are collected through ``register``.
     """
 

@@ -25,12 +25,13 @@ from typing import Any
 
 import attrs
 
-from .catalog import Catalog, Where, family_from_mapping, load_catalog, recipe_from_mapping
+from .catalog import Catalog, Where, chain_from_mapping, family_from_mapping, load_catalog, recipe_from_mapping
+from .datasets import READER_ATTRIBUTES, DatasetReader, by_priority
 from .errors import CatalogError, PluginError, UnknownNameError, did_you_mean
 from .names import COMPOSE, is_tier_name, looks_like_path, parse_name, split_source
 from .plugins import PluginHost, Registration, load_plugins
 from .sources import Source, SourceIndex, load_index
-from .specs import FamilySpec, LocationKind, Recipe, ResolvedModel, TierSpec, WeightsFile, WeightsPin
+from .specs import Chain, FamilySpec, LocationKind, Recipe, ResolvedModel, TierSpec, WeightsFile, WeightsPin
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +122,7 @@ def _accept_spec(
 
 _accept_family = _accept_spec(FamilySpec, family_from_mapping, "family", "families")
 _accept_recipe = _accept_spec(Recipe, recipe_from_mapping, "recipe", "recipes")
+_accept_chain = _accept_spec(Chain, chain_from_mapping, "chain", "chains")
 
 
 class Registry:
@@ -163,6 +165,12 @@ class Registry:
         return found
 
     @functools.cached_property
+    def chains(self) -> dict[str, Chain]:
+        found = {name: reg.value for name, reg in self.plugins.collect("zoo_register_chains", "chain", _accept_chain).items()}
+        found.update(self.catalog.chains)
+        return found
+
+    @functools.cached_property
     def heads(self) -> dict[str, Factory]:
         return self._factories("zoo_register_heads", "head")
 
@@ -173,6 +181,22 @@ class Registry:
     @functools.cached_property
     def tasks(self) -> dict[str, Registration]:
         return self.plugins.collect("zoo_register_tasks", "task", _accept_named)
+
+    @functools.cached_property
+    def dataset_readers(self) -> dict[str, Registration]:
+        found = self.plugins.collect("zoo_register_datasets", "dataset reader", _accept_named)
+        for registration in found.values():
+            if not isinstance(registration.value, DatasetReader):
+                missing = [name for name in READER_ATTRIBUTES if not hasattr(registration.value, name)]
+                raise PluginError(
+                    f"plugin '{registration.plugin}' registered dataset reader '{registration.name}' "
+                    f"that lacks {', '.join(missing)}; a DatasetReader has {', '.join(READER_ATTRIBUTES)}"
+                )
+        return found
+
+    def readers_for(self, task: str) -> list[DatasetReader]:
+        """The dataset readers of ``task``, in the order auto-detection tries them (``priority``, then name)."""
+        return by_priority([reg.value for reg in self.dataset_readers.values() if reg.value.task == task])
 
     def _factories(self, hook: str, kind: str) -> dict[str, Factory]:
         found = self.plugins.collect(hook, kind, _accept_factory)
@@ -212,6 +236,10 @@ class Registry:
         listing = f"{len(self.recipes)} registered; run `zoo recipes` to list them" + self._failed("zoo_register_recipes")
         return _lookup(self.recipes, name, "recipe", listing)
 
+    def chain(self, name: str) -> Chain:
+        listing = f"{len(self.chains)} registered; run `zoo chains` to list them" + self._failed("zoo_register_chains")
+        return _lookup(self.chains, name, "chain", listing)
+
     def task(self, name: str) -> Any:
         listing = f"tasks: {', '.join(sorted(self.tasks)) or 'none'}; run `zoo plugins` to see plugins"
         return _lookup(self.tasks, name, "task", listing + self._failed("zoo_register_tasks")).value
@@ -226,7 +254,7 @@ class Registry:
 
     def collect_all(self) -> None:
         """Call every registration hook now, so that ``zoo plugins`` can report the ones that fail."""
-        for table in ("_sources", "families", "recipes", "heads", "necks", "tasks"):
+        for table in ("_sources", "families", "recipes", "chains", "heads", "necks", "tasks", "dataset_readers"):
             getattr(self, table)
 
     # -- resolution ------------------------------------------------------------------------------

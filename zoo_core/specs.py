@@ -682,3 +682,67 @@ class InputConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return to_plain(self)
+
+
+# --- chains ----------------------------------------------------------------------------------------
+
+
+class ScratchStart(str, enum.Enum):
+    """What a chain's comparison runs ("fresh", without transfer) start from."""
+
+    START = "start"  # the chain's starting model, with its pretrained weights when the chain uses them
+    RANDOM = "random"  # the same architecture, randomly initialised
+
+
+def _step_name(instance: Any, attribute: attrs.Attribute, value: str) -> None:
+    if not isinstance(value, str) or not value or not all(ch.isalnum() or ch in "-_." for ch in value):
+        raise SpecValueError(attribute.name, f"must be a non-empty name of letters, digits, '-', '_' or '.', got {value!r}")
+
+
+@attrs.frozen
+class ChainStep:
+    """One dataset of a chain: the recipe trained on it, starting from the previous step's best weights."""
+
+    name: str = attrs.field(validator=_step_name)
+    data: str = attrs.field(validator=attrs.validators.instance_of(str))
+    recipe: str | None = None  # the chain's recipe when not given
+    set: tuple[str, ...] = attrs.field(default=(), converter=_tuple_of_str, metadata=OMIT_EMPTY)  # KEY=VALUE overrides
+    classes: tuple[str, ...] | None = attrs.field(default=None, converter=lambda v: None if v is None else _tuple_of_str(v))
+    task: str | None = None
+    data_format: str | None = None
+    compare_scratch: bool | None = None  # None: as the command says (--compare-scratch)
+
+
+@attrs.frozen
+class Chain:
+    """Recipes run over datasets in order, each step starting from the previous step's best checkpoint."""
+
+    name: str
+    model: str  # the first step's starting point: a registry name or a checkpoint
+    steps: tuple[ChainStep, ...] = attrs.field(converter=tuple)
+    description: str = ""
+    recipe: str | None = None
+    task: str | None = None
+    image_size: int | None = attrs.field(default=None, validator=attrs.validators.optional(_positive_int))
+    pretrained: bool = True  # whether the first step loads the starting model's pretrained weights
+    scratch: ScratchStart = attrs.field(default=ScratchStart.START, converter=_enum_converter(ScratchStart, "scratch"))
+    metric: str = "accuracy"  # the figure the comparison table shows
+    threshold: float | None = None  # the table also shows the first epoch whose metric reaches it
+    origin: Origin = attrs.field(default=BUILTIN, metadata=NOT_SERIALISED)
+
+    def __attrs_post_init__(self) -> None:
+        if not self.steps:
+            raise SpecValueError("steps", "a chain needs at least one [[steps]] table")
+        seen: set[str] = set()
+        for index, step in enumerate(self.steps):
+            if step.recipe is None and self.recipe is None:
+                raise SpecValueError(f"steps[{index}].recipe", "is required when the chain names no recipe")
+            if step.name in seen:
+                raise SpecValueError(f"steps[{index}].name", f"'{step.name}' names two steps; give each step its own name")
+            seen.add(step.name)
+
+    def recipe_of(self, step: ChainStep) -> str:
+        return step.recipe or self.recipe or ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_plain(self)

@@ -1,9 +1,8 @@
-"""Image classification: folders of images, transforms from the backbone's config, cross-entropy.
+"""Image classification: labelled images, transforms from the backbone's config, cross-entropy.
 
-Data layouts:
-
-* ``DATA/train/CLASS/*.png`` and ``DATA/val/CLASS/*.png``;
-* ``DATA/CLASS/*.png``, split into train and val by a seeded, per-class fraction.
+Data is read by a dataset reader (:mod:`.readers`; ``--data-format`` picks one, else the
+layout is recognised): image folders, Tiny ImageNet, ImageNet, CSV/TSV lists. A layout
+without a val part is split into train and val by a seeded, per-class fraction.
 
 Stage ``augment`` settings: ``hflip`` (probability), ``crop_scale`` (smallest area kept by a
 random resized crop), ``mixup`` and ``mosaic`` (probability that a batch is mixed; mosaic
@@ -20,13 +19,14 @@ from typing import Any
 
 import attrs
 
+from zoo_core.datasets import DatasetReader, pick_reader
 from zoo_core.engine.task import TaskData
-from zoo_core.errors import DataError, RunError
+from zoo_core.errors import DataError, PluginError, RunError
 from zoo_core.specs import InputConfig, Recipe
 
-log = logging.getLogger(__name__)
+from .readers import ClassificationLayout, builtin_readers
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+log = logging.getLogger(__name__)
 
 
 @attrs.frozen
@@ -40,37 +40,14 @@ class Batch:
         return int(self.labels.shape[0])
 
 
-def _images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-
-
-def _class_folders(root: Path) -> list[Path]:
-    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-
-
-def _read_split(root: Path, class_names: Sequence[str] | None = None) -> tuple[list[str], list[tuple[Path, int]]]:
-    folders = _class_folders(root)
-    if not folders:
-        raise DataError(f"{root}: no class folders; expected {root}/CLASS_NAME/image.png for each class")
-    names = list(class_names) if class_names is not None else [folder.name for folder in folders]
-    index = {name: i for i, name in enumerate(names)}
-    items = []
-    for folder in folders:
-        if folder.name not in index:
-            raise DataError(f"{folder}: class '{folder.name}' is not in the training classes ({', '.join(names)})")
-        images = _images(folder)
-        if not images:
-            raise DataError(f"{folder}: class folder has no images ({', '.join(IMAGE_SUFFIXES[:4])} …); add some or remove it")
-        items += [(path, index[folder.name]) for path in images]
-    return names, items
-
-
-def _warn_missing(folder: Path, class_names: Sequence[str], present: set[int]) -> None:
+def _warn_missing(root: Path, layout: ClassificationLayout, class_names: Sequence[str], val: list[tuple[Path, int]]) -> None:
+    present = {label for _, label in val}
     missing = [name for index, name in enumerate(class_names) if index not in present]
     if missing:
         log.warning(
-            "%s: no images of class %s, which train/ has; its accuracy cannot be measured (add %s/%s/…)",
-            folder, ", ".join(repr(name) for name in missing), folder, missing[0],
+            "%s: no images of class %s among the validation images (%s), which training has; "
+            "its accuracy cannot be measured (add some)",
+            root, ", ".join(repr(name) for name in missing), layout.description,
         )
 
 
@@ -78,7 +55,7 @@ def _keep_classes(root: Path, names: Sequence[str], keep: Sequence[str], *splits
     """Only the ``keep`` classes (``--classes``), in that order, relabelled."""
     missing = [name for name in keep if name not in names]
     if missing:
-        raise DataError(f"--classes: {root} has no class folder '{missing[0]}' (its classes: {', '.join(names)}); pick from those")
+        raise DataError(f"--classes: {root} has no class '{missing[0]}' (its classes: {', '.join(names)}); pick from those")
     relabel = {names.index(name): new for new, name in enumerate(keep)}
     kept = [[(path, relabel[label]) for path, label in items if label in relabel] for items in splits]
     return (list(keep), *kept)
@@ -193,31 +170,38 @@ class ClassificationTask:
 
     # -- data ------------------------------------------------------------------------------------
 
-    def load_data(self, root: Path, *, seed: int, val_fraction: float, classes: Sequence[str] | None = None) -> TaskData:
+    def load_data(
+        self,
+        root: Path,
+        *,
+        seed: int,
+        val_fraction: float,
+        classes: Sequence[str] | None = None,
+        reader: DatasetReader | None = None,
+    ) -> TaskData:
+        """Read a data folder or list file with ``reader`` (the engine picks it from the registered
+        readers; ``None``: the first of this plugin's own that recognises ``root``)."""
         root = Path(root)
-        if not root.is_dir():
-            raise DataError(f"{root}: no such data folder")
+        reader = reader or pick_reader(builtin_readers(), root, None, self.name)
         coco = next((f for f in ("train/annotations.json", "annotations.json", "annotations/instances_train2017.json") if (root / f).is_file()), None)
         if coco is not None:
             raise DataError(f"{root}: holds COCO detection annotations ({coco}), not class folders; use --task detection")
-        train_dir, val_dir = root / "train", root / "val"
-        if train_dir.is_dir():
-            class_names, train = _read_split(train_dir)
-            if val_dir.is_dir():
-                _, val = _read_split(val_dir, class_names)
-                _warn_missing(val_dir, class_names, {label for _, label in val})
-                split = "train/ and val/ folders"
-            else:
-                train, val = _seeded_split(train, val_fraction, seed)
-                split = f"train/ split {1 - val_fraction:.0%}/{val_fraction:.0%} (seed {seed})"
-        else:
-            class_names, items = _read_split(root)
-            train, val = _seeded_split(items, val_fraction, seed)
-            split = f"one folder split {1 - val_fraction:.0%}/{val_fraction:.0%} (seed {seed})"
+        layout = reader.read(root)
+        if not isinstance(layout, ClassificationLayout):
+            raise PluginError(
+                f"dataset reader '{reader.name}' returned a {type(layout).__name__}; a classification reader returns "
+                "zoo_classification.readers.ClassificationLayout"
+            )
+        class_names, train, val, split = list(layout.class_names), layout.train, layout.val, layout.description
+        if val is None:
+            train, val = _seeded_split(train, val_fraction, seed)
+            split = f"{split} split {1 - val_fraction:.0%}/{val_fraction:.0%} (seed {seed})"
         if classes is not None:
             class_names, train, val = _keep_classes(root, class_names, classes, train, val)
+        if layout.val is not None:
+            _warn_missing(root, layout, class_names, val)
         if len(class_names) < 2:
-            raise DataError(f"{root}: found {len(class_names)} class folder; classification needs at least 2")
+            raise DataError(f"{root}: found {len(class_names)} class; classification needs at least 2")
         if not val:
             raise DataError(f"{root}: no validation images; add a val/ folder or more images per class")
         return TaskData(root, tuple(class_names), train, val, split)

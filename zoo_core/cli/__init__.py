@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.set_defaults(handler=handler)
         return sub
 
-    for add in (_registry_commands, _transfer_commands, _training_commands, _demo_command):
+    for add in (_registry_commands, _transfer_commands, _training_commands, _chain_commands, _demo_command):
         add(command)
     return parser
 
@@ -157,7 +157,14 @@ def _training_commands(command: Command) -> None:
     sub = command("finetune", "run a recipe on a data folder", _handler("train_cmds", "cmd_finetune"))
     sub.add_argument("--recipe", required=True)
     sub.add_argument("--model", required=True, help="registry name or checkpoint to start from")
-    sub.add_argument("--data", required=True, help="image folder (train/ and val/, or one folder to split), or COCO-format data")
+    sub.add_argument(
+        "--data", required=True,
+        help="image folder (train/ and val/, or one folder to split), Tiny ImageNet, ImageNet, a CSV list, or COCO-format data",
+    )  # fmt: skip
+    sub.add_argument(
+        "--data-format", metavar="NAME",
+        help="dataset reader to read --data with (image-folder, tiny-imagenet, imagenet, csv, or a plugin's; default: recognised)",
+    )  # fmt: skip
     sub.add_argument("--task", help="task plugin (default: the recipe's, else classification)")
     sub.add_argument("--run-dir", help="run folder (default: runs/<recipe>-<model>)")
     sub.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
@@ -181,6 +188,10 @@ def _training_commands(command: Command) -> None:
     sub = command("eval", "evaluate a checkpoint on a data folder", _handler("train_cmds", "cmd_eval"))
     sub.add_argument("checkpoint")
     sub.add_argument("--data", required=True)
+    sub.add_argument(
+        "--data-format", metavar="NAME",
+        help="dataset reader to read --data with (image-folder, tiny-imagenet, imagenet, csv, or a plugin's; default: the run's, else recognised)",
+    )  # fmt: skip
     sub.add_argument("--task")
     sub.add_argument("--split", choices=("val", "train", "all"), default="val")
     sub.add_argument("--device")
@@ -204,6 +215,30 @@ def _training_commands(command: Command) -> None:
         _handler("report_cmds", "cmd_report"),
     )  # fmt: skip
     sub.add_argument("run_dir", metavar="RUN_DIR")
+    sub.add_argument("--json", action="store_true")
+
+
+def _chain_commands(command: Command) -> None:
+    """`zoo` commands for chains across datasets and the lineage of their checkpoints."""
+    sub = command("chains", "list the chains: recipes run over datasets in order", _handler("chain_cmds", "cmd_chains"))
+    sub.add_argument("name", nargs="?")
+    sub.add_argument("--json", action="store_true")
+
+    sub = command(
+        "chain", "run a chain: each step starts from the previous step's best checkpoint", _handler("chain_cmds", "cmd_chain")
+    )  # fmt: skip
+    sub.add_argument("name")
+    sub.add_argument("--run-dir", required=True, help="the chain's folder: one run folder per step, and chain.json")
+    sub.add_argument("--resume", action="store_true", help="skip finished steps, resume the interrupted one")
+    sub.add_argument("--compare-scratch", action="store_true", help="also train each step without transfer, for the table")
+    sub.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a value of every step's recipe")
+    sub.add_argument("--workers", type=_whole_number(0), default=0, help="data-loading processes")
+    sub.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
+    sub.add_argument("--seed", type=int, help="seed every step (default: each recipe's)")
+    sub.add_argument("--json", action="store_true")
+
+    sub = command("lineage", "a checkpoint's ancestry back to its pretrained source, each ancestor verified", _handler("chain_cmds", "cmd_lineage"))
+    sub.add_argument("checkpoint", metavar="CKPT")
     sub.add_argument("--json", action="store_true")
 
 

@@ -38,6 +38,7 @@ def run_options(args: Any) -> Any:
         overrides=args.set, pretrained=args.pretrained, image_size=args.image_size, in_chans=args.in_chans,
         val_fraction=args.val_fraction, workers=args.workers, device=args.device, compile_backend=args.compile,
         use_cache=not args.no_cache, seed=args.seed, detector=args.detector, classes=parse_classes(args.classes),
+        data_format=args.data_format,
     )  # fmt: skip
 
 
@@ -92,7 +93,10 @@ def cmd_finetune(args: Any) -> int:
 
 def cmd_eval(args: Any) -> int:
 
-    metrics = evaluate(args.checkpoint, args.data, task=args.task, split=args.split, device=args.device, registry=registry_for(args))
+    metrics = evaluate(
+        args.checkpoint, args.data, task=args.task, split=args.split, device=args.device, data_format=args.data_format,
+        registry=registry_for(args),
+    )  # fmt: skip
     if args.json:
         print_json(metrics)
     else:

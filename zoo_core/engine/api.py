@@ -22,6 +22,7 @@ from torch import nn
 
 from ..anatomy import input_config
 from ..checkpoint import KNOWN_PREFIXES, read_checkpoint
+from ..datasets import DatasetReader, pick_reader
 from ..errors import CheckpointError, DataError, RunError
 from ..groups import layer_groups
 from ..models import build_skeleton, create_model
@@ -59,6 +60,7 @@ class RunPlan:
     data: TaskData
     folder: RunFolder
     record: dict[str, Any]
+    data_format: str | None = None  # the dataset reader that read the data, for a task with readers
 
 
 def plan_run(options: RunOptions, *, registry: Registry, world_size: int = 1) -> RunPlan:
@@ -70,7 +72,10 @@ def plan_run(options: RunOptions, *, registry: Registry, world_size: int = 1) ->
     check_augment_keys(recipe, task)
     check_batch_split(recipe, world_size)
     model = _model_name(task, task_name, options, registry)
-    kept = {"classes": options.classes} if options.classes is not None else {}  # tasks without --classes keep working
+    kept: dict[str, Any] = {"classes": options.classes} if options.classes is not None else {}  # tasks without --classes keep working
+    reader = data_reader(registry, task_name, options.data, options.data_format)
+    if reader is not None:  # tasks without dataset readers keep working
+        kept["reader"] = reader
     data = task.load_data(options.data, seed=seed, val_fraction=options.val_fraction, **kept)
     folder = RunFolder(options.run_dir or default_run_dir(options.recipe, options.model))
     record = {
@@ -79,6 +84,7 @@ def plan_run(options: RunOptions, *, registry: Registry, world_size: int = 1) ->
         **({"architecture": model} if model != options.model else {}),
         "task": task_name,
         "data": str(options.data.resolve()),
+        **({"data_format": reader.name} if reader is not None else {}),
         "seed": seed,
         "val_fraction": options.val_fraction,
         "classes": list(data.class_names),
@@ -86,7 +92,28 @@ def plan_run(options: RunOptions, *, registry: Registry, world_size: int = 1) ->
         "pretrained": options.pretrained,
     }
     folder.check(record, resume=options.resume)
-    return RunPlan(options, recipe, seed, model, task_name, task, data, folder, record)
+    return RunPlan(options, recipe, seed, model, task_name, task, data, folder, record, reader.name if reader is not None else None)
+
+
+def data_reader(
+    registry: Registry, task_name: str, data: Path, data_format: str | None, recorded: str | None = None
+) -> DatasetReader | None:
+    """The dataset reader for ``data``: ``data_format``'s, else ``recorded`` (a run's) if it recognises
+    ``data``, else the first that does; ``None`` for a task that reads its data itself."""
+    readers = registry.readers_for(task_name)
+    if not readers:
+        if data_format is not None:
+            with_readers = sorted({reg.value.task for reg in registry.dataset_readers.values()})
+            raise RunError(
+                f"--data-format applies to tasks with data readers ({', '.join(with_readers) or 'none'}); "
+                f"task '{task_name}' reads its own data layout, so leave --data-format out"
+            )
+        return None
+    if data_format is None and recorded is not None:
+        found = next((reader for reader in readers if reader.name == recorded), None)
+        if found is not None and found.recognises(Path(data)):
+            return found
+    return pick_reader(readers, Path(data), data_format, task_name)
 
 
 def _model_name(task: Task, task_name: str, options: RunOptions, registry: Registry) -> str:
@@ -191,6 +218,7 @@ def prepare(options: RunOptions, *, registry: Registry) -> PreparedRun:
         "task": plan.task_name,
         "data": {
             "root": str(options.data.resolve()), "seed": plan.seed, "val_fraction": options.val_fraction, "split": plan.data.split,
+            **({"format": plan.data_format} if plan.data_format is not None else {}),
             **({"classes": list(options.classes)} if options.classes is not None else {}),
         },
         "input": inputs.to_dict(),
@@ -209,7 +237,8 @@ def finetune(recipe: str, model: str, data: str | Path, *, registry: Registry | 
 
     ``choices`` are :class:`~.options.RunOptions` fields (``run_dir``, ``resume``,
     ``overrides``, ``pretrained``, ``image_size``, ``in_chans``, ``val_fraction``, ``workers``,
-    ``device``, ``compile_backend``, ``use_cache``, ``seed``, ``task``, ``detector``, ``classes``).
+    ``device``, ``compile_backend``, ``use_cache``, ``seed``, ``task``, ``detector``, ``classes``,
+    ``data_format``).
     Every input is checked
     before the run folder is written.
     """
@@ -247,15 +276,24 @@ def evaluate(
     task: str | None = None,
     split: str = "val",
     device: str | None = None,
+    data_format: str | None = None,
     registry: Registry | None = None,
 ) -> dict[str, float]:
-    """Evaluate a Zoo checkpoint on a data folder, with the split its run used."""
+    """Evaluate a Zoo checkpoint on a data folder, with the split its run used.
+
+    The data is read by ``data_format``'s reader, else by the reader the run recorded when it
+    recognises ``data``, else by the first reader that does.
+    """
     registry = registry or default_registry()
     model, loaded = model_from_checkpoint(checkpoint, registry=registry)
     provenance = loaded.provenance
-    task_obj = registry.task(task or provenance.get("task") or "classification")
+    task_name = task or provenance.get("task") or "classification"
+    task_obj = registry.task(task_name)
     data_info: Mapping[str, Any] = provenance.get("data") or {}
-    kept = {"classes": data_info["classes"]} if data_info.get("classes") is not None else {}  # the run's --classes
+    kept: dict[str, Any] = {"classes": data_info["classes"]} if data_info.get("classes") is not None else {}  # the run's --classes
+    reader = data_reader(registry, task_name, Path(data), data_format, recorded=data_info.get("format"))
+    if reader is not None:
+        kept["reader"] = reader
     task_data = task_obj.load_data(
         Path(data), seed=int(data_info.get("seed", 0)), val_fraction=float(data_info.get("val_fraction", 0.2)), **kept
     )

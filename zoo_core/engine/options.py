@@ -59,6 +59,7 @@ class RunOptions:
     seed: int | None = None
     detector: str | None = None  # a detector tier for --task detection: NAME+detector/DETECTOR
     classes: tuple[str, ...] | None = attrs.field(default=None, converter=lambda value: None if value is None else tuple(value))
+    data_format: str | None = None  # a dataset reader's name (--data-format); None: recognised from the data
 
     @classmethod
     def of(cls, recipe: str, model: str, data: str | Path, **choices: Any) -> RunOptions:

@@ -16,6 +16,7 @@ import attrs
 from torch import nn
 
 from ..errors import CheckpointError
+from ..lineage import ancestry, checkpoint_entry, origin_entry
 from ..models import build_model, has_own_weights
 from ..names import split_source
 from ..paths import display
@@ -61,6 +62,7 @@ def from_checkpoint(path: Path, requested: str, *, registry: Registry, class_nam
     planned = plan_names(source, model, target_classes=class_names, registry=registry).plan
     transfer = planned.apply(model)
     digest = source.digest()
+    parent = {**checkpoint_entry(path, digest, requested, source.meta), "path": str(path)}
     provenance = make_provenance(
         model=architecture,
         base_model=source.provenance.get("base_model") or architecture,
@@ -69,7 +71,8 @@ def from_checkpoint(path: Path, requested: str, *, registry: Registry, class_nam
         num_classes=num_classes,
         class_names=class_names,
         transfer=transfer,
-        parent={"path": str(path), "sha256": digest, "name": requested},
+        parent=parent,
+        extra={"lineage": [{**parent, "path": str(path.resolve())}, *ancestry(source.provenance)]},
     )
     return StartModel(model, provenance, planned)
 
@@ -103,4 +106,5 @@ def start_model(
         num_classes=num_classes,
         class_names=class_names,
     )
+    provenance["lineage"] = [origin_entry(provenance)]
     return StartModel(model, provenance)

@@ -63,7 +63,11 @@ class Task(Protocol):
     monitor: tuple[str, str]  # default metric for `best` and its mode, e.g. ("val_loss", "min")
 
     def load_data(self, root: Path, *, seed: int, val_fraction: float, classes: Sequence[str] | None = None) -> TaskData:
-        """Read a data folder; ``classes`` (``--classes``) keeps only those classes, in that order."""
+        """Read a data folder; ``classes`` (``--classes``) keeps only those classes, in that order.
+
+        A task with dataset readers (``zoo_register_datasets``) is also passed ``reader``, the
+        :class:`zoo_core.datasets.DatasetReader` picked for ``root``; the others never are.
+        """
         ...
 
     def num_classes(self, data: TaskData) -> int:
