@@ -19,6 +19,7 @@ from .checkpoint import read_tensor_info
 from .errors import WeightsError, ZooError
 from .fileio import sha256_file
 from .paths import display
+from .weights import locate
 
 VERIFIED, MISSING, CHANGED = "verified", "missing", "changed"
 
@@ -76,8 +77,6 @@ def _check_file(entry: Mapping[str, Any]) -> tuple[str, str]:
 
 
 def _check_pretrained(entry: Mapping[str, Any], registry: Any) -> tuple[str, str]:
-    from .weights import locate  # torch-free until a pretrained ancestor needs checking
-
     try:
         resolved = registry.resolve(entry["name"])
     except ZooError as exc:

@@ -62,7 +62,8 @@ def from_checkpoint(path: Path, requested: str, *, registry: Registry, class_nam
     planned = plan_names(source, model, target_classes=class_names, registry=registry).plan
     transfer = planned.apply(model)
     digest = source.digest()
-    parent = {**checkpoint_entry(path, digest, requested, source.meta), "path": str(path)}
+    ancestor = checkpoint_entry(path, digest, requested, source.meta)  # its path resolved, for the lineage
+    parent = {**ancestor, "path": str(path)}  # the path as the run was given it
     provenance = make_provenance(
         model=architecture,
         base_model=source.provenance.get("base_model") or architecture,
@@ -72,7 +73,7 @@ def from_checkpoint(path: Path, requested: str, *, registry: Registry, class_nam
         class_names=class_names,
         transfer=transfer,
         parent=parent,
-        extra={"lineage": [{**parent, "path": str(path.resolve())}, *ancestry(source.provenance)]},
+        extra={"lineage": [ancestor, *ancestry(source.provenance)]},
     )
     return StartModel(model, provenance, planned)
 
