@@ -72,7 +72,8 @@ def test_every_epoch_logs_each_loss_component_over_its_value_before_training(zoo
 
 
 def test_report_of_a_finished_run_lists_stages_and_passes_its_checks(zoo, data: Path) -> None:
-    assert finetune(zoo, "watched", data).code == 0
+    # a head rate at which the randomly initialised model learns enough in two epochs to end below its start
+    assert finetune(zoo, "watched", data, lr=1e-2).code == 0
     result = zoo("report", "run", "--json")
     assert result.code == 0, result
     report = json.loads(result.out)

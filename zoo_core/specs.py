@@ -673,6 +673,20 @@ class InputConfig:
         if len(self.mean) != len(self.std):
             raise SpecValueError("std", f"has {len(self.std)} values for {len(self.mean)} means")
 
+    @property
+    def resize_size(self) -> int:
+        """The shorter side an image is resized to before the centre crop: timm's ``floor(size / crop_pct)``."""
+        return math.floor(self.size / self.crop_pct)
+
+    def describe(self, augment: str = "") -> str:
+        """The preparation in one line: ``resize 256 (bilinear) → centre crop 224 → normalise mean … std …``."""
+        numbers = lambda values: "(" + ", ".join(f"{v:.3f}" for v in values) + ")"  # noqa: E731
+        crop = augment or f"centre crop {self.size}"
+        return (
+            f"resize shorter side to {self.resize_size} ({self.interpolation}) → {crop} → "
+            f"normalise mean {numbers(self.mean)} std {numbers(self.std)}"
+        )
+
     def for_channels(self, channels: int) -> InputConfig:
         """The same config for ``channels`` inputs: statistics averaged when the counts differ."""
         if len(self.mean) == channels:

@@ -76,34 +76,70 @@ def _seeded_split(items: list[tuple[Path, int]], fraction: float, seed: int) -> 
     return sorted(train, key=lambda t: str(t[0])), sorted(val, key=lambda t: str(t[0]))
 
 
-class ImageDataset:
-    """Decodes each image once (kept as uint8 in memory), then applies the transform per access."""
+# timm's names for PIL's filters; RandomResizedCrop then works on tensors, which have the first three
+_INTERPOLATIONS = {"nearest": "nearest", "bilinear": "bilinear", "bicubic": "bicubic", "lanczos": "lanczos", "box": "box", "hamming": "hamming"}
+JPEG_DRAFT_FACTOR = 2  # decode a JPEG at 1/2, 1/4 or 1/8 scale when it is at least this much larger than needed
 
-    def __init__(self, items: Sequence[tuple[Path, int]], num_classes: int, size: int, channels: int, transform: Any) -> None:
+
+_ON_TENSORS = {"lanczos": "bicubic", "box": "bilinear", "hamming": "bilinear"}
+
+
+def interpolation(config: InputConfig, *, tensors: bool = False) -> Any:
+    """The config's filter for PIL images, or the nearest one tensors have (``tensors``)."""
+    from torchvision.transforms import InterpolationMode
+
+    name = _INTERPOLATIONS.get(config.interpolation, "bilinear")
+    return InterpolationMode(_ON_TENSORS.get(name, name) if tensors else name)
+
+
+def decode_resized(path: Path, channels: int, shorter_side: int, mode: Any) -> Any:
+    """The image at ``path`` as uint8 ``(C, H, W)`` with its shorter side resized to ``shorter_side``.
+
+    The resize is PIL's, through torchvision, as in timm's eval transform. A large JPEG is
+    decoded at a reduced scale no smaller than needed first (PIL's ``draft``: the JPEG decoder
+    skips the detail the resize would discard), as DALI and FFCV do.
+    """
+    from PIL import Image, UnidentifiedImageError
+    from torchvision.transforms.v2 import functional as F
+
+    try:
+        with Image.open(path) as image:
+            if image.format == "JPEG" and min(image.size) >= JPEG_DRAFT_FACTOR * shorter_side:
+                image.draft("L" if channels == 1 else "RGB", (shorter_side, shorter_side))
+            resized = F.resize(image.convert("L" if channels == 1 else "RGB"), shorter_side, interpolation=mode)
+    except (UnidentifiedImageError, OSError) as exc:
+        raise DataError(f"{path}: cannot read this image ({exc}); remove or replace it") from None
+    return F.pil_to_tensor(resized)
+
+
+class ImageDataset:
+    """Labelled images, decoded when an item is read (in the DataLoader's workers), then transformed.
+
+    ``cache`` (a :class:`~zoo_core.imagecache.SharedImageCache`, ``--cache-images``) keeps decoded,
+    resized images for all workers at once, up to its size; without one nothing is kept, so
+    memory does not grow with the dataset.
+    """
+
+    def __init__(
+        self, items: Sequence[tuple[Path, int]], num_classes: int, config: InputConfig, transform: Any, cache: Any = None
+    ) -> None:
         self.items = list(items)
         self.num_classes = num_classes
-        self.size = size
-        self.channels = channels
+        self.config = config
         self.transform = transform
-        self._decoded: dict[int, Any] = {}
+        self.cache = cache
+        self._mode = interpolation(config)
 
     def __len__(self) -> int:
         return len(self.items)
 
     def _load(self, index: int) -> Any:
-        from PIL import Image, UnidentifiedImageError
-        from torchvision.transforms.v2 import functional as F
-
-        if index not in self._decoded:
-            path = self.items[index][0]
-            try:
-                with Image.open(path) as image:
-                    image = image.convert("L" if self.channels == 1 else "RGB")
-                    tensor = F.pil_to_tensor(image)
-            except (UnidentifiedImageError, OSError) as exc:
-                raise DataError(f"{path}: cannot read this image ({exc}); remove or replace it") from None
-            self._decoded[index] = F.resize(tensor, [self.size, self.size], antialias=True)
-        return self._decoded[index]
+        image = self.cache.get(index) if self.cache is not None else None
+        if image is None:
+            image = decode_resized(self.items[index][0], self.config.channels, self.config.resize_size, self._mode)
+            if self.cache is not None:
+                self.cache.put(index, image)
+        return image
 
     def __getitem__(self, index: int) -> tuple[Any, int, int]:
         return self.transform(self._load(index)), self.items[index][1], self.num_classes
@@ -207,25 +243,42 @@ class ClassificationTask:
         return TaskData(root, tuple(class_names), train, val, split)
 
     def _transform(self, input_config: InputConfig, augment: Mapping[str, Any]) -> Any:
+        """After the shorter side's resize (done on reading): timm's eval crop and normalisation, or
+        for training a random resized crop (``crop_scale``) in place of the centre crop, and flips."""
         import torch
         from torchvision.transforms import v2
 
         steps: list[Any] = []
         if augment.get("crop_scale"):
             scale = float(augment["crop_scale"])
-            steps.append(v2.RandomResizedCrop(input_config.size, scale=(scale, 1.0), antialias=True))
+            rrc = v2.RandomResizedCrop(input_config.size, scale=(scale, 1.0), interpolation=interpolation(input_config, tensors=True), antialias=True)
+            steps.append(rrc)
+        else:
+            steps.append(v2.CenterCrop(input_config.size))
         if augment.get("hflip"):
             steps.append(v2.RandomHorizontalFlip(float(augment["hflip"])))
         steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(input_config.mean), list(input_config.std))]
         return v2.Compose(steps)
 
+    def describe_transforms(self, input_config: InputConfig, augment: Mapping[str, Any]) -> str:
+        """How images are prepared, in one line (``zoo info``, the run's summary)."""
+        if augment.get("crop_scale"):
+            crop = f"random resized crop {input_config.size} (scale {float(augment['crop_scale']):g}–1)"
+        else:
+            crop = f"centre crop {input_config.size}"
+        if augment.get("hflip"):
+            crop += f" → horizontal flip (p {float(augment['hflip']):g})"
+        return input_config.describe(crop)
+
     def num_classes(self, data: TaskData) -> int:
         return len(data.class_names)
 
-    def dataset(self, data: TaskData, split: str, *, input_config: InputConfig, augment: Mapping[str, Any]) -> Any:
+    def dataset(
+        self, data: TaskData, split: str, *, input_config: InputConfig, augment: Mapping[str, Any], image_cache: Any = None
+    ) -> Any:
         items = data.train if split == "train" else data.val
         transform = self._transform(input_config, augment if split == "train" else {})
-        return ImageDataset(items, len(data.class_names), input_config.size, input_config.channels, transform)
+        return ImageDataset(items, len(data.class_names), input_config, transform, image_cache)
 
     def collate(self, items: Sequence[tuple[Any, int, int]]) -> Batch:
         import torch
@@ -318,22 +371,25 @@ class ClassificationTask:
     # -- prediction ---------------------------------------------------------------------------------
 
     def predict_transform(self, input_config: InputConfig) -> Any:
-        """One image as in validation: resized to the input size, then normalised."""
+        """One decoded image as in validation: the shorter side resized, the centre crop, normalised."""
         from torchvision.transforms import v2
 
-        return v2.Compose([v2.Resize([input_config.size, input_config.size], antialias=True), self._transform(input_config, {})])
+        resize = v2.Resize(input_config.resize_size, interpolation=interpolation(input_config, tensors=True), antialias=True)
+        return v2.Compose([resize, self._transform(input_config, {})])
 
     def predict(self, loaded: Any, paths: Sequence[Path], *, threshold: float | None, top_k: int | None) -> list[dict[str, Any]]:
         """The ``top_k`` (default 5) most probable classes of each image, with probabilities at least ``threshold``."""
         import torch
 
-        transform = self.predict_transform(loaded.input_config)
+        config = loaded.input_config
+        crop, mode = self._transform(config, {}), interpolation(config)
+        transform = lambda path: crop(decode_resized(path, config.channels, config.resize_size, mode))  # noqa: E731  (as in validation)
         names = loaded.class_names
         k = min(top_k or 5, len(names))
         answers = []
         for start in range(0, len(paths), 32):
             chunk = paths[start : start + 32]
-            inputs = torch.stack([transform(read_image(path, loaded.input_config.channels)) for path in chunk]).to(loaded.device)
+            inputs = torch.stack([transform(path) for path in chunk]).to(loaded.device)
             with torch.no_grad():
                 probabilities = self.forward(loaded.model, Batch(inputs, None, None, len(names))).float().softmax(dim=1).cpu()
             values, indices = probabilities.topk(k, dim=1)

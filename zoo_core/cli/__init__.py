@@ -168,13 +168,31 @@ def _training_commands(command: Command) -> None:
     sub.add_argument("--task", help="task plugin (default: the recipe's, else classification)")
     sub.add_argument("--run-dir", help="run folder (default: runs/<recipe>-<model>)")
     sub.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
-    sub.add_argument("--nproc", type=COUNT, default=1, help="processes (DDP through torchrun)")
+    sub.add_argument("--nproc", type=COUNT, default=1, help="processes on this machine (DDP through torchrun)")
+    sub.add_argument("--nnodes", type=COUNT, default=1, help="machines taking part; run the same command on each")
+    sub.add_argument("--node-rank", type=_whole_number(0), help="this machine's number, 0 to nnodes-1 (with --master-addr)")
+    sub.add_argument("--master-addr", metavar="HOST", help="the address of node 0, where the machines meet")
+    sub.add_argument("--master-port", type=_whole_number(1), metavar="PORT", help="its port (default 29500)")
+    sub.add_argument("--rdzv-endpoint", metavar="HOST:PORT", help="meet at a c10d rendezvous instead; ranks are assigned as machines join")
+    sub.add_argument("--rdzv-id", default="zoo", metavar="ID", help="a name the machines of one run share (default zoo)")
+    sub.add_argument(
+        "--strategy", choices=("ddp", "fsdp"), default="ddp",
+        help="several processes: ddp keeps a copy of the model in each; fsdp shards it (FSDP2), for models too large for one device",
+    )  # fmt: skip
     sub.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe value, e.g. stages.0.epochs=1")
     sub.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=True, help="start from pretrained weights")
     sub.add_argument("--image-size", type=IMAGE_SIZE, help="input resolution (default: the model's)")
     sub.add_argument("--in-chans", type=COUNT, help="input channels (timm's in_chans; pretrained first convolutions are adapted)")
     sub.add_argument("--val-fraction", type=float, default=0.2)
-    sub.add_argument("--workers", type=_whole_number(0), default=0, help="data-loading processes")
+    sub.add_argument("--workers", type=_whole_number(0), help="data-loading processes per training process (default: from the CPU count)")
+    sub.add_argument(
+        "--cache-images", metavar="SIZE", default=None,
+        help="keep decoded images in a cache shared by the data workers, up to SIZE (e.g. 2GB; default: off)",
+    )  # fmt: skip
+    sub.add_argument(
+        "--cache-budget", metavar="SIZE",
+        help="memory for cached backbone features; above it they spill to a file in the run folder (default: a quarter of free memory)",
+    )  # fmt: skip
     sub.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
     sub.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND", help="torch.compile the model")
     sub.add_argument("--no-cache", action="store_true", help="never cache backbone features")
@@ -194,6 +212,7 @@ def _training_commands(command: Command) -> None:
     )  # fmt: skip
     sub.add_argument("--task")
     sub.add_argument("--split", choices=("val", "train", "all"), default="val")
+    sub.add_argument("--workers", type=_whole_number(0), help="data-loading processes (default: from the CPU count)")
     sub.add_argument("--device")
     sub.add_argument("--json", action="store_true")
 
@@ -232,7 +251,7 @@ def _chain_commands(command: Command) -> None:
     sub.add_argument("--resume", action="store_true", help="skip finished steps, resume the interrupted one")
     sub.add_argument("--compare-scratch", action="store_true", help="also train each step without transfer, for the table")
     sub.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a value of every step's recipe")
-    sub.add_argument("--workers", type=_whole_number(0), default=0, help="data-loading processes")
+    sub.add_argument("--workers", type=_whole_number(0), help="data-loading processes per training process (default: from the CPU count)")
     sub.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
     sub.add_argument("--seed", type=int, help="seed every step (default: each recipe's)")
     sub.add_argument("--json", action="store_true")

@@ -27,6 +27,7 @@ def cmd_list(args: Any) -> int:
 
 
 def cmd_info(args: Any) -> int:
+    from ..anatomy import input_config
     from ..errors import WeightsError, ZooError
     from ..groups import layer_groups
     from ..models import build_skeleton, has_own_weights
@@ -50,6 +51,9 @@ def cmd_info(args: Any) -> int:
         model = None  # a tier without a class count of its own: say how to count
         data["parameters_note"] = f"{exc}"
     data["parameters"] = sum(parameter.numel() for parameter in model.parameters()) if model is not None else None
+    if model is not None:
+        inputs = input_config(model, registry.plugins.hook)
+        data["input"] = {**inputs.to_dict(), "resize_size": inputs.resize_size, "eval_transforms": inputs.describe()}
     groups = None
     if args.groups:
         groups = layer_groups(model, granularity="fine" if args.fine else "coarse", registry=registry)
@@ -75,6 +79,11 @@ def cmd_info(args: Any) -> int:
         print("parameters    - (this tier takes its class count from you: add --num-classes N)")
     else:
         print(f"parameters    {data['parameters']:,} ({human_count(data['parameters'])})")
+    if "input" in data:
+        spec = data["input"]
+        print(f"input         {spec['channels']}x{spec['size']}x{spec['size']}, crop_pct {spec['crop_pct']:g}")
+        print(f"eval          {spec['eval_transforms']}")
+        print("train         the same, with the recipe stage's augmentation (crop_scale: a random resized crop in place of the centre crop)")
     if groups is not None:
         print()
         print(table([(i, g.name, g.role.value, f"{g.numel:,}", len(g.params)) for i, g in enumerate(groups)],

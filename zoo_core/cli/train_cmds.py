@@ -15,20 +15,30 @@ from ..features import FeatureExtractor
 from ..plot import plot_runs
 from .common import parse_classes, print_json, registry_for, table
 
+LAUNCH_FLAGS = ("--nproc", "--nnodes", "--node-rank", "--master-addr", "--master-port", "--rdzv-endpoint", "--rdzv-id")
 
-def _argv_without_nproc(argv: list[str]) -> list[str]:
+
+def _worker_argv(argv: list[str]) -> list[str]:
+    """``argv`` without the launcher's flags: a worker runs the run, it does not launch one."""
     result, skip = [], False
     for item in argv:
         if skip:
             skip = False
             continue
-        if item == "--nproc":
+        if item in LAUNCH_FLAGS:
             skip = True
             continue
-        if item.startswith("--nproc="):
+        if item.startswith(tuple(f"{flag}=" for flag in LAUNCH_FLAGS)):
             continue
         result.append(item)
     return result
+
+
+def topology(args: Any) -> distributed.Topology:
+    return distributed.Topology(
+        nproc=args.nproc, nnodes=args.nnodes, node_rank=args.node_rank, master_addr=args.master_addr,
+        master_port=args.master_port, rdzv_endpoint=args.rdzv_endpoint, rdzv_id=args.rdzv_id,
+    )  # fmt: skip
 
 
 def run_options(args: Any) -> Any:
@@ -38,19 +48,20 @@ def run_options(args: Any) -> Any:
         overrides=args.set, pretrained=args.pretrained, image_size=args.image_size, in_chans=args.in_chans,
         val_fraction=args.val_fraction, workers=args.workers, device=args.device, compile_backend=args.compile,
         use_cache=not args.no_cache, seed=args.seed, detector=args.detector, classes=parse_classes(args.classes),
-        data_format=args.data_format,
+        data_format=args.data_format, cache_images=args.cache_images or 0, cache_budget=args.cache_budget,
+        strategy=args.strategy,
     )  # fmt: skip
 
 
-def _launch(args: Any, options: Any) -> int:
-    """Check once, here, then hand the run to ``args.nproc`` processes."""
+def _launch(args: Any, options: Any, where: distributed.Topology) -> int:
+    """Check once, here, then hand the run to this machine's ``--nproc`` processes (and the other machines')."""
     import sys
 
-
     registry = registry_for(args)
-    check_model(plan_run(options, registry=registry, world_size=args.nproc), registry=registry)
+    # the run folder is global rank 0's; on a machine that may not hold it, the folder may not be there
+    check_model(plan_run(options, registry=registry, world_size=where.world_size, check_folder=where.first_node), registry=registry)
     try:
-        return distributed.launch(_argv_without_nproc(args._argv), args.nproc)
+        return distributed.launch(_worker_argv(args._argv), where)
     except distributed.WorkerFailed as exc:  # not a ZooError: keep the worker's status, not 2
         print(f"zoo: error: {exc}", file=sys.stderr)
         return exc.status
@@ -75,8 +86,9 @@ def cmd_finetune(args: Any) -> int:
 
 
     options = run_options(args)
-    if args.nproc > 1 and not distributed.in_torchrun():
-        return _launch(args, options)
+    where = topology(args)
+    if where.distributed and not distributed.in_torchrun():
+        return _launch(args, options, where)
     if not args.json:
         logging.getLogger("zoo_core.engine").setLevel(min(logging.getLogger().level, logging.INFO))
     prepared = prepare(options, registry=registry_for(args))
@@ -95,7 +107,7 @@ def cmd_eval(args: Any) -> int:
 
     metrics = evaluate(
         args.checkpoint, args.data, task=args.task, split=args.split, device=args.device, data_format=args.data_format,
-        registry=registry_for(args),
+        workers=args.workers, registry=registry_for(args),
     )  # fmt: skip
     if args.json:
         print_json(metrics)

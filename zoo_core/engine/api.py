@@ -32,12 +32,14 @@ from ..specs import InputConfig, Recipe
 from . import distributed
 from .device import configure, pick_device
 from .evaluation import evaluate_model
+from .loading import default_workers, make_loader
 from .loop import Engine, RunContext
 from .options import RunInfo, RunOptions
 from .recipes import apply_overrides, check_augment_keys, check_batch_split, recipe_warnings
 from .rundir import RunFolder
 from .schedule import TrainingSchedule
 from .start import start_model
+from .strategy import check_strategy
 from .task import Task, TaskData
 
 log = logging.getLogger(__name__)
@@ -63,14 +65,19 @@ class RunPlan:
     data_format: str | None = None  # the dataset reader that read the data, for a task with readers
 
 
-def plan_run(options: RunOptions, *, registry: Registry, world_size: int = 1) -> RunPlan:
-    """Check a run's inputs — recipe, task, data, batch split, run folder — without side effects."""
+def plan_run(options: RunOptions, *, registry: Registry, world_size: int = 1, check_folder: bool = True) -> RunPlan:
+    """Check a run's inputs — recipe, task, data, batch split, run folder — without side effects.
+
+    ``check_folder=False`` leaves the run folder to the process that writes it (global rank 0):
+    another machine may not see it.
+    """
     recipe = apply_overrides(registry.recipe(options.recipe), options.overrides)
     seed = recipe.seed if options.seed is None else options.seed
     task_name = options.task or recipe.task or "classification"
     task = registry.task(task_name)
     check_augment_keys(recipe, task)
     check_batch_split(recipe, world_size)
+    check_strategy(options.strategy, recipe, compile_backend=options.compile_backend)
     model = _model_name(task, task_name, options, registry)
     kept: dict[str, Any] = {"classes": options.classes} if options.classes is not None else {}  # tasks without --classes keep working
     reader = data_reader(registry, task_name, options.data, options.data_format)
@@ -91,7 +98,8 @@ def plan_run(options: RunOptions, *, registry: Registry, world_size: int = 1) ->
         "world_size": world_size,
         "pretrained": options.pretrained,
     }
-    folder.check(record, resume=options.resume)
+    if check_folder:
+        folder.check(record, resume=options.resume)
     return RunPlan(options, recipe, seed, model, task_name, task, data, folder, record, reader.name if reader is not None else None)
 
 
@@ -174,7 +182,8 @@ class PreparedRun:
                     self._write_records()
                 distributed.barrier(dist)
                 engine = Engine(self.model, self.groups, self.context)
-                found = folder.resume_checkpoint() if resume else None
+                # rank 0 reads the checkpoint and hands it to the others, whose machines may not see the folder
+                found = distributed.broadcast(dist, folder.resume_checkpoint() if resume and dist.is_main else None)
                 if resume and found is None and dist.is_main:
                     log.info("%s: no epoch finished before the run stopped; starting from the first epoch", folder.path)
                     folder.trim_metrics(0)
@@ -201,7 +210,7 @@ def prepare(options: RunOptions, *, registry: Registry) -> PreparedRun:
 
     chosen = pick_device(options.device)
     dist = distributed.init(chosen)
-    plan = plan_run(options, registry=registry, world_size=dist.world_size)
+    plan = plan_run(options, registry=registry, world_size=dist.world_size, check_folder=dist.is_main)
     device = configure(chosen)
     torch.manual_seed(plan.seed)  # new heads start from the same initialisation on every rank and every run
     start = start_model(
@@ -277,6 +286,7 @@ def evaluate(
     split: str = "val",
     device: str | None = None,
     data_format: str | None = None,
+    workers: int | None = None,
     registry: Registry | None = None,
 ) -> dict[str, float]:
     """Evaluate a Zoo checkpoint on a data folder, with the split its run used.
@@ -308,4 +318,8 @@ def evaluate(
     items = {"val": task_data.val, "train": task_data.train, "all": [*task_data.train, *task_data.val]}[split]
     evaluated = attrs.evolve(task_data, val=items)
     dataset = task_obj.dataset(evaluated, "val", input_config=recorded_inputs(provenance, model, registry), augment={})
-    return evaluate_model(model, task_obj, dataset, data=evaluated, batch_size=64, device=device_cfg)
+    loader = make_loader(
+        dataset, collate=task_obj.collate, batch_size=64, sampler=torch.utils.data.SequentialSampler(dataset), seed=0,
+        workers=default_workers(items=len(dataset)) if workers is None else workers, pin_memory=device_cfg.pin_memory, persistent=False,
+    )  # fmt: skip
+    return evaluate_model(model, task_obj, loader, data=evaluated, device=device_cfg)

@@ -11,15 +11,23 @@ Caching is used only when it provably gives the same results as not caching:
 The trunk's output is captured as the head's input with a forward pre-hook, so any
 architecture works; the first batch is checked (head(captured) == model(x)) before the cache
 is trusted.
+
+Features are kept in memory up to a budget (``--cache-budget``, default a quarter of the free
+memory); above it they are written to a memory-mapped file in the run folder, read back by the
+page cache as batches need them, and removed when the stage's cache is dropped. Either way they
+are the same float32 values, so results do not depend on where they lie.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import attrs
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -27,6 +35,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from ..anatomy import find_classifier, head_dropout
 from ..errors import ZooError
 from ..freeze import is_pinned
+from ..sizes import available_memory, format_size
 
 log = logging.getLogger(__name__)
 
@@ -89,16 +98,71 @@ def plan_cache(model: nn.Module, deterministic_inputs: bool, hook: Any) -> tuple
 Features = Any  # a tensor (B, …), or a list of them (a detector's multi-scale maps), batch first
 
 
-def _detached(features: Features) -> Features:
-    if isinstance(features, (list, tuple)):
-        return [_detached(level) for level in features]
-    return features.detach().float().cpu()
+DEFAULT_BUDGET_FRACTION = 0.25  # of the memory free when the cache is built, shared by the processes on a machine
 
 
-def _concat(chunks: list[Features]) -> Features:
-    if isinstance(chunks[0], list):
-        return [torch.cat([chunk[level] for chunk in chunks]) for level in range(len(chunks[0]))]
-    return torch.cat(chunks)
+def default_budget(processes_here: int = 1) -> int:
+    """Bytes of features kept in memory when ``--cache-budget`` is not given."""
+    free = available_memory()
+    return int((free or 4 * 10**9) * DEFAULT_BUDGET_FRACTION / max(processes_here, 1))
+
+
+def _levels(features: Features) -> list[torch.Tensor]:
+    return list(features) if isinstance(features, (list, tuple)) else [features]
+
+
+class FeatureStore:
+    """Trunk features of ``count`` items, filled in order: in memory within ``budget`` bytes, else
+    in memory-mapped files under ``spill_dir`` (one per feature map; see the module docstring)."""
+
+    def __init__(self, count: int, budget: int, spill_dir: Path) -> None:
+        self.count, self.budget, self.spill_dir = count, budget, spill_dir
+        self.spilled = False
+        self._levels: list[Any] | None = None  # a preallocated tensor (memory) or np.memmap per feature map
+        self._is_list = False
+        self._filled = 0
+
+    @property
+    def nbytes(self) -> int:
+        return sum(level.nbytes for level in self._levels or ())
+
+    def append(self, features: Features) -> None:
+        levels = [level.detach().float().cpu() for level in _levels(features)]
+        if self._levels is None:
+            self._is_list = isinstance(features, (list, tuple))
+            self._allocate(levels)
+        rows = slice(self._filled, self._filled + levels[0].shape[0])
+        for stored, level in zip(self._levels, levels):
+            stored[rows] = level.numpy() if self.spilled else level
+        self._filled = rows.stop
+
+    def _allocate(self, first: list[torch.Tensor]) -> None:
+        shapes = [(self.count, *level.shape[1:]) for level in first]
+        needed = sum(4 * int(np.prod(shape)) for shape in shapes)
+        self.spilled = needed > self.budget
+        if not self.spilled:
+            self._levels = [torch.empty(shape, dtype=torch.float32) for shape in shapes]
+            return
+        self.spill_dir.mkdir(parents=True, exist_ok=True)
+        log.info("feature cache: %s above the budget of %s; writing it to %s", format_size(needed), format_size(self.budget), self.spill_dir)
+        self._levels = [
+            np.lib.format.open_memmap(self.spill_dir / f"level{index}.npy", mode="w+", dtype=np.float32, shape=shape)
+            for index, shape in enumerate(shapes)
+        ]
+
+    def result(self) -> Features:
+        if self._levels is None:
+            return None
+        if self._filled != self.count:
+            raise RuntimeError(f"feature cache: {self._filled} of {self.count} items stored")
+        levels = [torch.from_numpy(level) if self.spilled else level for level in self._levels]
+        return levels if self._is_list else levels[0]
+
+    def discard(self) -> None:
+        """Remove the spilled files (their memory maps stay valid until dropped, then go)."""
+        self._levels = None
+        if self.spilled:
+            shutil.rmtree(self.spill_dir, ignore_errors=True)
 
 
 def take(features: Features, index: torch.Tensor) -> Features:
@@ -110,9 +174,9 @@ def take(features: Features, index: torch.Tensor) -> Features:
 
 @torch.no_grad()
 def compute_features(
-    model: nn.Module, split: HeadSplit, batches: Any, to_inputs: Callable[[Any], torch.Tensor], autocast: Any
+    model: nn.Module, split: HeadSplit, batches: Any, to_inputs: Callable[[Any], torch.Tensor], autocast: Any, store: FeatureStore
 ) -> Features | None:
-    """Run the model over ``batches`` capturing the heads' input; ``None`` if the check fails.
+    """Run the model over ``batches`` capturing the heads' input into ``store``; ``None`` if the check fails.
 
     A model with ``zoo_head_split`` (a ZooModel, a detector) says where its trunk ends (the
     split's ``trunk``, else ``forward_features``); its heads run on exactly that, so no check is
@@ -122,7 +186,7 @@ def compute_features(
     captured: list[Any] = []
     zoo_model = callable(getattr(model, "zoo_head_split", None))
     handle = None if zoo_model else split.module.register_forward_pre_hook(lambda _, args: captured.append(args[0].detach()))
-    features = []
+    checked = zoo_model
     try:
         for batch in batches:
             inputs = to_inputs(batch)
@@ -132,14 +196,17 @@ def compute_features(
                     captured.append((split.trunk or model.forward_features)(inputs))
                 else:
                     full = model(inputs)
-            if not zoo_model and not features and not _close(split.forward(captured[0]), full):
-                log.info("feature cache off: the heads' input does not reproduce the model's output")
-                return None
-            features.append(_detached(captured[0]))
+            if not checked:
+                if not _close(split.forward(captured[0]), full):
+                    log.info("feature cache off: the heads' input does not reproduce the model's output")
+                    store.discard()
+                    return None
+                checked = True
+            store.append(captured[0])
     finally:
         if handle is not None:
             handle.remove()
-    return _concat(features) if features else None
+    return store.result()
 
 
 def _close(a: Any, b: Any) -> bool:

@@ -2,8 +2,13 @@
 
 ``zoo finetune --nproc N`` re-runs itself in N workers under torchrun's elastic agent, started
 in this process; each worker sees ``WORLD_SIZE``/``RANK``/``LOCAL_RANK`` and joins a process
-group (NCCL on GPUs, gloo on CPU). Only rank 0 evaluates, logs and saves; the others wait at
-barriers, and their console output goes to files.
+group (NCCL on GPUs, gloo on CPU). Only global rank 0 evaluates, logs and saves; the others wait
+at barriers, and their console output goes to files.
+
+On several machines (``--nnodes``) the same command runs on each, and their agents meet at a
+rendezvous, as with torchrun: ``--master-addr``/``--master-port`` with each machine's
+``--node-rank`` (torchrun's static rendezvous: node 0 hosts it), or ``--rdzv-endpoint HOST:PORT``
+(c10d: any node may host it, ranks are assigned as nodes arrive).
 
 A worker that stops on a ZooError does not print it: it leaves the line in a report file and the
 launcher prints one line after every worker has ended. Printing from the worker raced the agent:
@@ -28,6 +33,7 @@ import attrs
 import torch
 import torch.distributed as dist
 
+from ..errors import RunError
 from ..fileio import atomic_write_text
 from ..paths import WORKER_REPORTS_ENV, worker_reports
 
@@ -41,6 +47,7 @@ class DistInfo:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    local_world_size: int = 1  # the processes on this machine
 
     @property
     def is_main(self) -> bool:
@@ -60,7 +67,8 @@ def init(device: torch.device) -> DistInfo:
         return DistInfo()
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), local)
 
 
 def barrier(info: DistInfo) -> None:
@@ -92,6 +100,96 @@ class WorkerFailed(Exception):
 
     def __str__(self) -> str:
         return f"{self.message}; its stderr is in {self.stderr}" if self.stderr else self.message
+
+
+DEFAULT_MASTER_PORT = 29500  # torchrun's
+DEFAULT_RDZV_ID = "zoo"  # the agents of one job must agree on it; torchrun's default is "none"
+
+
+def _endpoint(text: str, flag: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise RunError(f"{flag} must be HOST:PORT (e.g. node0.cluster:29400), got {text!r}")
+    return host, int(port)
+
+
+def _port(instance: Any, attribute: attrs.Attribute, value: int | None) -> None:
+    if value is not None and not 0 < value < 65536:
+        raise RunError(f"--master-port must be between 1 and 65535, got {value}")
+
+
+@attrs.frozen
+class Topology:
+    """Where a run's processes are: ``nproc`` per machine on ``nnodes`` machines, and how their agents meet."""
+
+    nproc: int = 1
+    nnodes: int = 1
+    node_rank: int | None = None
+    master_addr: str | None = None
+    master_port: int | None = attrs.field(default=None, validator=_port)
+    rdzv_endpoint: str | None = None
+    rdzv_id: str = DEFAULT_RDZV_ID
+
+    def __attrs_post_init__(self) -> None:
+        if self.nnodes < 1 or self.nproc < 1:
+            raise RunError(f"--nnodes and --nproc must be at least 1, got {self.nnodes} and {self.nproc}")
+        if self.master_addr is not None and self.rdzv_endpoint is not None:
+            raise RunError("--master-addr and --rdzv-endpoint are two ways to meet; give one of them")
+        if self.rdzv_endpoint is not None:
+            _endpoint(self.rdzv_endpoint, "--rdzv-endpoint")
+            if self.node_rank is not None:
+                raise RunError("--node-rank goes with --master-addr; with --rdzv-endpoint ranks are assigned as nodes join, so leave it out")
+        if self.nnodes > 1 and self.master_addr is None and self.rdzv_endpoint is None:
+            raise RunError(
+                f"--nnodes {self.nnodes}: the machines need a place to meet; add --master-addr HOST --node-rank R "
+                "(the same HOST on every machine, R from 0 to nnodes-1) or --rdzv-endpoint HOST:PORT"
+            )
+        if self.master_addr is not None and self.node_rank is None:
+            raise RunError("--master-addr needs this machine's --node-rank (0 on the machine at --master-addr, then 1, 2 …)")
+        if self.node_rank is not None and not 0 <= self.node_rank < self.nnodes:
+            raise RunError(f"--node-rank must be from 0 to {self.nnodes - 1} for --nnodes {self.nnodes}, got {self.node_rank}")
+        if self.master_port is not None and self.master_addr is None:
+            raise RunError("--master-port goes with --master-addr; add it, or use --rdzv-endpoint HOST:PORT")
+
+    @property
+    def world_size(self) -> int:
+        return self.nproc * self.nnodes
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1 or self.master_addr is not None or self.rdzv_endpoint is not None
+
+    @property
+    def first_node(self) -> bool:
+        """Whether this machine holds global rank 0 for sure (static rendezvous, or a single machine)."""
+        return self.node_rank in (None, 0) if self.rdzv_endpoint is None else False
+
+
+def _launch_config(topology: Topology, log_dir: str) -> LaunchConfig:
+    if topology.master_addr is None and topology.rdzv_endpoint is None:
+        return _standalone_config(topology.nproc, log_dir)
+    from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, Std
+    from torch.distributed.launcher.api import LaunchConfig
+
+    if topology.rdzv_endpoint is not None:
+        backend, endpoint, configs = "c10d", topology.rdzv_endpoint, {}
+    else:
+        port = topology.master_port or DEFAULT_MASTER_PORT
+        backend, endpoint, configs = "static", f"{topology.master_addr}:{port}", {"rank": topology.node_rank}
+    # as on one machine: local rank 0 keeps the console (only global rank 0 prints, the others' errors
+    # reach the launcher as reports), the rest write to files
+    quiet = range(1, topology.nproc)
+    return LaunchConfig(
+        min_nodes=topology.nnodes,
+        max_nodes=topology.nnodes,
+        nproc_per_node=topology.nproc,
+        run_id=topology.rdzv_id,
+        rdzv_backend=backend,
+        rdzv_endpoint=endpoint,
+        rdzv_configs=configs,
+        max_restarts=0,
+        logs_specs=DefaultLogsSpecs(log_dir=log_dir, redirects={rank: Std.ALL for rank in quiet}),
+    )
 
 
 def _standalone_config(nproc: int, log_dir: str) -> LaunchConfig:
@@ -170,8 +268,9 @@ def _quiet_agent_logs() -> None:
             quiet.addHandler(logging.NullHandler())
 
 
-def launch(argv: Sequence[str], nproc: int) -> int:
-    """Run ``zoo <argv>`` in ``nproc`` worker processes; return 0 when they all succeeded.
+def launch(argv: Sequence[str], topology: Topology) -> int:
+    """Run ``zoo <argv>`` in ``topology.nproc`` worker processes here, joining the other machines'
+    when there are several; return 0 when they all succeeded.
 
     The elastic agent runs in this process rather than in a ``torchrun`` child so that a failed
     worker maps to Zoo's exit status instead of torchrun's ``ChildFailedError`` traceback.
@@ -184,7 +283,7 @@ def launch(argv: Sequence[str], nproc: int) -> int:
     from torch.distributed.launcher.api import elastic_launch
 
     _quiet_agent_logs()
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))  # workers inherit it
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // topology.nproc)))  # workers inherit it
     log_dir = tempfile.mkdtemp(prefix="zoo-ddp-")
     reports = Path(log_dir) / "reports"
     reports.mkdir()
@@ -192,7 +291,7 @@ def launch(argv: Sequence[str], nproc: int) -> int:
     outer_reports = os.environ.get(WORKER_REPORTS_ENV)
     os.environ[WORKER_REPORTS_ENV] = str(reports)  # the workers inherit this process's environment
     try:
-        elastic_launch(_standalone_config(nproc, log_dir), entrypoint=sys.executable)("-m", "zoo_core", *argv)
+        elastic_launch(_launch_config(topology, log_dir), entrypoint=sys.executable)("-m", "zoo_core", *argv)
         return 0
     except ChildFailedError as exc:
         failed = _worker_failed(exc, reports, log_dir)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
 from .device import DeviceConfig
+from .loading import batches
 from .task import TaskData
 
 
@@ -16,34 +17,24 @@ from .task import TaskData
 def evaluate_model(
     model: nn.Module,
     task: Any,
-    dataset: Any,
+    loader: Iterable[Any],
     *,
     data: TaskData,
-    batch_size: int,
     device: DeviceConfig,
     loss_scales: Mapping[str, float] | None = None,
-    workers: int = 0,
-    collate: Any = None,
 ) -> dict[str, float]:
-    """``val_loss``, ``val_<component>`` and the task's metrics over ``dataset`` (model in eval mode).
+    """``val_loss``, ``val_<component>`` and the task's metrics over ``loader``'s batches (model in eval mode).
 
-    ``collate`` replaces the task's own (the engine passes one that serves cached trunk features).
+    ``loader`` is a :func:`~.loading.make_loader` loader: of images, or of cached trunk features
+    for a model that runs only the heads.
     """
-    loader = torch.utils.data.DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=False,
-        collate_fn=collate or task.collate,
-        num_workers=0 if collate else workers,
-        pin_memory=device.pin_memory,
-    )
     was_training = model.training
     model.eval()
     metrics = task.metrics(data)
     totals: dict[str, float] = {}
     count = 0
     try:
-        for batch in loader:
+        for batch in batches(loader):
             batch = task.to_device(batch, device.device, device.channels_last)
             with device.autocast():
                 outputs = task.forward(model, batch)

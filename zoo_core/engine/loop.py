@@ -20,22 +20,23 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..checkpoint import check_finite
+from ..checkpoint import NonFiniteError, check_finite
 from ..groups import LayerGroups
 from ..optim import apply_learning_rates, build_optimizer, current_rates
 from ..specs import InputConfig, Recipe, Stage
 from . import distributed
-from .cache import IndexDataset, cached_collate
 from .device import DeviceConfig
 from .ema import ModelEma
 from .evaluation import evaluate_model
 from .guards import Best, EarlyStopping, NonFiniteGuard, Stop, StopReason, check_drift, drift_ratios, drift_violations
+from .loading import batches
 from .logs import TensorBoardWriter, format_row, progress
 from .options import RunInfo, RunOptions
 from .rundir import BASELINE_FILE, RunFolder
 from .schedule import TrainingSchedule, lr_factor
 from .setup import StageSetup
 from .state import Position, RunState, Trained, checkpoint_content, restore, seed_everything
+from .strategy import Strategy, is_sharded, model_state, optimizer_state, shard
 from .task import Task, TaskData
 
 log = logging.getLogger(__name__)
@@ -103,6 +104,9 @@ class Engine:
         self.model = model.to(device.device)
         if device.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        if context.options.strategy is Strategy.FSDP and context.dist.enabled:
+            self.model = shard(self.model, groups)  # before the optimizer: it holds the shards
+        self.sharded = is_sharded(self.model)
         self.groups, self.context, self.recipe = groups, context, context.recipe
         self.task, self.dist, self.folder, self.hook = context.task, context.dist, context.folder, context.hook
         recipe = context.recipe
@@ -113,7 +117,7 @@ class Engine:
         self.nonfinite = NonFiniteGuard(context.nonfinite_limit)
         self.setup = StageSetup(
             self.model, groups, self.optimizer, task=context.task, data=context.data, input_config=context.input_config,
-            device=device, dist=context.dist, options=context.options, hook=context.hook,
+            device=device, dist=context.dist, options=context.options, hook=context.hook, folder=context.folder.path,
         )  # fmt: skip
         self._tensorboard = TensorBoardWriter(context.folder.path / "tensorboard") if context.dist.is_main else None
 
@@ -124,6 +128,17 @@ class Engine:
     # -- the run --------------------------------------------------------------------------------
 
     def run(self, resume: Mapping[str, Any] | None = None) -> RunResult:
+        try:
+            stopped = self._run_stages(resume)
+        finally:
+            self.setup.close()
+            if self._tensorboard is not None:
+                self._tensorboard.close()
+        best_path = self.folder.best() if self.folder.best().exists() else None
+        last_path = self.folder.last() if self.folder.last().exists() else None
+        return RunResult(self.folder.path, best_path, last_path, self.state.best.to_dict(), self.state.history, stopped)
+
+    def _run_stages(self, resume: Mapping[str, Any] | None) -> Stop | None:
         if resume is not None:
             self._restore(resume)
         else:
@@ -137,11 +152,7 @@ class Engine:
             stopped = self._run_stage(stage_index, self.recipe.stages[stage_index])
             if stopped is not None and stopped.ends_run:
                 break
-        if self._tensorboard is not None:
-            self._tensorboard.close()
-        best_path = self.folder.best() if self.folder.best().exists() else None
-        last_path = self.folder.last() if self.folder.last().exists() else None
-        return RunResult(self.folder.path, best_path, last_path, self.state.best.to_dict(), self.state.history, stopped)
+        return stopped
 
     def _run_stage(self, stage_index: int, stage: Stage) -> Stop | None:
         position = self.state.position
@@ -213,27 +224,6 @@ class Engine:
 
     # -- one epoch ----------------------------------------------------------------------------------
 
-    def _loader(self) -> torch.utils.data.DataLoader:
-        from torch.utils.data.distributed import DistributedSampler
-
-        setup, epoch = self.setup, self.state.position.epoch
-        cached = setup.cached is not None
-        dataset = IndexDataset(len(setup.train_dataset)) if cached else setup.train_dataset
-        collate = cached_collate(self.task, setup.train_dataset, setup.cached) if cached else self.task.collate
-        sampler = DistributedSampler(
-            dataset, num_replicas=self.dist.world_size, rank=self.dist.rank, shuffle=True, seed=self.context.seed, drop_last=False
-        )
-        sampler.set_epoch(epoch)
-        return torch.utils.data.DataLoader(
-            dataset,
-            batch_size=setup.per_rank_batch,
-            sampler=sampler,
-            collate_fn=collate,
-            num_workers=0 if cached else self.context.options.workers,
-            pin_memory=self.context.device.pin_memory,
-            generator=torch.Generator().manual_seed(self._epoch_seed(epoch)),
-        )
-
     def _all_finite(self, value: float) -> float:
         """The loss value, made non-finite on every rank if it is on any (so all skip together)."""
         if not self.dist.enabled:
@@ -244,7 +234,8 @@ class Engine:
 
     def _train_epoch(self, stage_index: int, stage: Stage, epoch_in_stage: int) -> dict[str, float]:
         setup, device = self.setup, self.context.device
-        loader = self._loader()
+        epoch = self.state.position.epoch
+        loader = setup.train_loader(epoch, self._epoch_seed(epoch), self.context.seed)
         steps = len(loader)
         augment_generator = torch.Generator().manual_seed(self._epoch_seed(self.state.position.epoch) + 1)
         setup.train_forward.train()
@@ -254,7 +245,7 @@ class Engine:
         where = f"stage {stage_index} epoch {epoch_in_stage + 1}"
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         description = f"stage {stage_index} ({stage.name}) {epoch_in_stage + 1}/{stage.epochs}"
-        for index, batch in enumerate(progress(loader, total=steps, description=description, enabled=self.dist.is_main)):
+        for index, batch in enumerate(progress(batches(loader), total=steps, description=description, enabled=self.dist.is_main)):
             apply_learning_rates(self.optimizer, setup.rates, lr_factor(stage, epoch_in_stage * steps + index, steps))
             batch = self.task.to_device(batch, device.device, device.channels_last and setup.cached is None)
             if setup.cached is None:
@@ -295,20 +286,16 @@ class Engine:
     def _validate(self, stage: Stage | None = None) -> dict[str, float]:
         result = None
         setup = self.setup
-        if self.dist.is_main:
-            model, dataset, collate = self._eval_model(stage), setup.val_dataset, None
-            if setup.val_cached is not None and model is self.model:
-                model, dataset = setup.head, IndexDataset(len(setup.val_dataset))
-                collate = cached_collate(self.task, setup.val_dataset, setup.val_cached)
+        if self.dist.is_main or self.sharded:  # a sharded model's forward needs every process
+            model = self._eval_model(stage)
+            on_features = setup.val_cached is not None and model is self.model
             result = evaluate_model(
-                model,
+                setup.head if on_features else model,
                 self.task,
-                dataset,
+                setup.val_loader(on_features=on_features),
                 data=self.context.data,
-                batch_size=max(setup.per_rank_batch, 64),
                 device=self.context.device,
                 loss_scales=stage.loss_scales if stage else None,
-                collate=collate,
             )
         return distributed.broadcast(self.dist, result)
 
@@ -346,19 +333,33 @@ class Engine:
         no ``best.pt`` or stage checkpoint is ever lost.
         """
         # non-finite weights are never saved: checked once, before any of this epoch's files, and on
-        # every rank (their weights are the same) so that all stop together
-        check_finite(self.model.state_dict(), f"{self.folder.path} (weights after epoch {row['epoch'] + 1})")
+        # every rank (their weights are the same; a sharded model's are checked on rank 0 and the
+        # verdict shared) so that all stop together
+        where = f"{self.folder.path} (weights after epoch {row['epoch'] + 1})"
+        gathered = (model_state(self.model), optimizer_state(self.model, self.optimizer)) if self.sharded else None
+        if gathered is None:
+            check_finite(self.model.state_dict(), where)
+        else:
+            problem = None
+            if self.dist.is_main:
+                try:
+                    check_finite(gathered[0], where)
+                except NonFiniteError as exc:
+                    problem = exc
+            problem = distributed.broadcast(self.dist, problem)
+            if problem is not None:
+                raise problem
         if self.dist.is_main:
             self.folder.append_metrics(row)
             if self._tensorboard is not None:
                 self._tensorboard.write(row, row["epoch"])
-            content = checkpoint_content(self.state, self.trained, row)
+            content = checkpoint_content(self.state, self.trained, row, gathered=gathered)
             if finished_stage is not None:
                 name = f"stage-{finished_stage}-{self.recipe.stages[finished_stage].name or 'stage'}"
                 self._saved(self.folder.save("stage", content, name), "stage")
             if improved:
                 stage = self.recipe.stages[row["stage"]]
-                best = checkpoint_content(self.state, self.trained, row, weights=self._eval_model(stage), full=False)
+                best = checkpoint_content(self.state, self.trained, row, weights=self._eval_model(stage), full=False, gathered=gathered)
                 self._saved(self.folder.save("best", best), "best")
             self._saved(self.folder.save("last", content), "last")
         distributed.barrier(self.dist)

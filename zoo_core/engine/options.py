@@ -14,7 +14,9 @@ from typing import Any
 import attrs
 
 from ..errors import RunError
+from ..sizes import parse_size
 from ..specs import Recipe
+from .strategy import Strategy
 from .task import MIN_IMAGE_SIZE
 
 
@@ -31,6 +33,10 @@ def _at_least(minimum: int, unit: str = ""):
 def _fraction_between(instance: Any, attribute: attrs.Attribute, value: float) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
         raise RunError(f"--val-fraction must be between 0 and 1, got {value}")
+
+
+def _size(value: Any, flag: str) -> int | None:
+    return None if value is None else parse_size(value, what=flag)
 
 
 def _path_or_none(value: Any) -> Path | None:
@@ -52,7 +58,7 @@ class RunOptions:
     image_size: int | None = attrs.field(default=None, validator=_at_least(MIN_IMAGE_SIZE, " pixels"))
     in_chans: int | None = attrs.field(default=None, validator=_at_least(1))
     val_fraction: float = attrs.field(default=0.2, validator=_fraction_between)
-    workers: int = attrs.field(default=0, validator=_at_least(0))
+    workers: int | None = attrs.field(default=None, validator=_at_least(0))  # None: from the CPU count (loading.default_workers)
     device: str | None = None
     compile_backend: str | None = None
     use_cache: bool = True
@@ -60,6 +66,9 @@ class RunOptions:
     detector: str | None = None  # a detector tier for --task detection: NAME+detector/DETECTOR
     classes: tuple[str, ...] | None = attrs.field(default=None, converter=lambda value: None if value is None else tuple(value))
     data_format: str | None = None  # a dataset reader's name (--data-format); None: recognised from the data
+    cache_images: int = attrs.field(default=0, converter=lambda value: _size(value, "--cache-images"))  # bytes; 0: off
+    cache_budget: int | None = attrs.field(default=None, converter=lambda value: _size(value, "--cache-budget"))  # None: default_budget
+    strategy: Strategy = attrs.field(default=Strategy.DDP, converter=Strategy)  # how several processes hold the model
 
     @classmethod
     def of(cls, recipe: str, model: str, data: str | Path, **choices: Any) -> RunOptions:

@@ -20,6 +20,7 @@ from torch import nn
 from ..specs import Recipe
 from .ema import ModelEma
 from .guards import Best
+from .strategy import load_model_state, load_optimizer_state
 
 
 @attrs.define
@@ -92,13 +93,23 @@ class Trained:
 
 
 def checkpoint_content(
-    state: RunState, trained: Trained, metrics: Mapping[str, Any], *, weights: nn.Module | None = None, full: bool = True
+    state: RunState,
+    trained: Trained,
+    metrics: Mapping[str, Any],
+    *,
+    weights: nn.Module | None = None,
+    full: bool = True,
+    gathered: tuple[Mapping[str, Any], Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """One checkpoint: ``weights`` (the model, or its EMA for ``best.pt``) and, when ``full``, all resume needs."""
+    """One checkpoint: ``weights`` (the model, or its EMA for ``best.pt``) and, when ``full``, all resume needs.
+
+    ``gathered`` is the model's and optimizer's full state when the model is sharded (gathered
+    by every process beforehand, see :mod:`.strategy`).
+    """
     position = state.position
     source = weights or trained.model
     content: dict[str, Any] = {
-        "model_state_dict": source.state_dict(),
+        "model_state_dict": dict(gathered[0]) if gathered is not None and source is trained.model else source.state_dict(),
         "epoch": position.epoch,
         "stage": position.stage,
         "epoch_in_stage": position.epoch_in_stage,
@@ -111,7 +122,7 @@ def checkpoint_content(
     }
     if full:
         content.update(
-            optimizer_state_dict=trained.optimizer.state_dict(),
+            optimizer_state_dict=dict(gathered[1]) if gathered is not None else trained.optimizer.state_dict(),
             scheduler_state_dict={"stage": position.stage, "epoch_in_stage": position.epoch_in_stage, "step": position.step},
             scaler_state_dict=trained.scaler.state_dict(),
             ema_state_dict=trained.ema.state_dict() if trained.ema is not None else None,
@@ -124,8 +135,8 @@ def checkpoint_content(
 
 def restore(content: Mapping[str, Any], trained: Trained) -> tuple[RunState, ModelEma | None]:
     """Load a full checkpoint into the model, optimizer and scaler; return the run state and EMA."""
-    trained.model.load_state_dict(content["model_state_dict"])
-    trained.optimizer.load_state_dict(content["optimizer_state_dict"])
+    load_model_state(trained.model, content["model_state_dict"])
+    load_optimizer_state(trained.model, trained.optimizer, content["optimizer_state_dict"])
     trained.scaler.load_state_dict(content["scaler_state_dict"])
     ema = None
     if content.get("ema_state_dict"):
