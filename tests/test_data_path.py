@@ -78,7 +78,9 @@ def test_eval_transforms_follow_timm(tmp_path):
     with Image.open(items.items[0][0]) as image:
         theirs = timm_eval(image.convert("RGB"))
     assert ours.shape == theirs.shape == (3, 24, 24)
-    assert torch.allclose(ours, theirs, atol=1e-6)  # the same resize (PIL's), crop and normalisation
+    # the same geometry and normalisation; torchvision's uint8 resize rounds a few pixels one level
+    # away from PIL's, while a squashed or uncropped image would differ everywhere
+    assert (ours - theirs).abs().mean() < 0.005 and (ours - theirs).abs().max() < 0.05
 
 
 def test_zoo_info_shows_the_eval_transforms(zoo):
@@ -176,3 +178,23 @@ def test_finetune_with_an_image_cache_trains_as_without(zoo, image_folder):
     assert zoo(*common, "--run-dir", "cached", "--cache-images", "50MB").code == 0
     plain, cached = (torch.load(Path(run, "checkpoints", "last.pt"), weights_only=True)["model_state_dict"] for run in ("plain", "cached"))
     assert all(torch.equal(plain[key], cached[key]) for key in plain)
+
+
+def test_detection_images_share_the_cache_and_come_back_the_same(tmp_path):
+    from zoo_detection.scenes import write_digit_scenes
+    from zoo_detection.task import DetectionTask
+
+    write_digit_scenes(tmp_path / "scenes" / "train", 6, seed=0, size=64, digit=20, digits=(3, 7))
+    write_digit_scenes(tmp_path / "scenes" / "val", 2, seed=1, size=64, digit=20, digits=(3, 7))
+    task = DetectionTask()
+    data = task.load_data(tmp_path / "scenes", seed=0, val_fraction=0.2)
+    config = InputConfig(size=64)
+    plain = task.dataset(data, "train", input_config=config, augment={})
+    cached = task.dataset(data, "train", input_config=config, augment={}, image_cache=SharedImageCache(len(data.train), 10**7))
+    loader = make_loader(cached, collate=task.collate, batch_size=3, sampler=list(range(len(cached))), seed=0, workers=2, pin_memory=False)
+    loader.sampler.set_epoch(0, 0)
+    list(batches(loader))
+    assert len(cached.cache) == len(data.train) == 6  # filled by the workers
+    for index in range(len(plain)):
+        (image, target, _), (again, target_again, _) = plain[index], cached[index]
+        assert torch.equal(image, again) and torch.equal(target["boxes"], target_again["boxes"])

@@ -7,7 +7,8 @@ random share of the input size, then a random crop or padding back to it), else 
 boxes left without area are removed (v2's ``SanitizeBoundingBoxes``). Per batch: ``mosaic``
 and ``mixup`` probabilities, written here because v2's MixUp and CutMix refuse boxes.
 
-Images are decoded when an item is read, never all held: COCO-sized sets do not fit in memory.
+Images are decoded when an item is read, never all held (COCO-sized sets do not fit in memory),
+unless a bounded shared cache is given (``--cache-images``).
 """
 
 from __future__ import annotations
@@ -113,19 +114,33 @@ def decode(record: ImageRecord, channels: int) -> tv_tensors.Image:
 
 
 class DetectionDataset:
-    """Annotated images, decoded on access, with their boxes transformed alongside."""
+    """Annotated images, decoded on access, with their boxes transformed alongside.
 
-    def __init__(self, records: Sequence[ImageRecord], config: InputConfig, augment: Mapping[str, Any]) -> None:
+    ``cache`` (a :class:`~zoo_core.imagecache.SharedImageCache`, ``--cache-images``) keeps decoded
+    images for all workers at once, up to its size; without one nothing is kept.
+    """
+
+    def __init__(self, records: Sequence[ImageRecord], config: InputConfig, augment: Mapping[str, Any], cache: Any = None) -> None:
         self.records = list(records)
         self.config = config
         self.transform = sample_transform(config, augment)
+        self.cache = cache
 
     def __len__(self) -> int:
         return len(self.records)
 
+    def _load(self, index: int) -> tv_tensors.Image:
+        cached = self.cache.get(index) if self.cache is not None else None
+        if cached is not None:
+            return tv_tensors.Image(cached)
+        image = decode(self.records[index], self.config.channels)
+        if self.cache is not None:
+            self.cache.put(index, image.as_subclass(torch.Tensor))
+        return image
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor], ImageRecord]:
         record = self.records[index]
-        image = decode(record, self.config.channels)
+        image = self._load(index)
         sample = self.transform({"image": image, **self._boxes(record)})
         return sample["image"].as_subclass(torch.Tensor), self._target(sample), record
 

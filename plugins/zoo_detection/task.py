@@ -154,11 +154,13 @@ class DetectionTask:
             "--num-classes N -o detector.pt`"
         )
 
-    def dataset(self, data: TaskData, split: str, *, input_config: InputConfig, augment: Mapping[str, Any]) -> Any:
+    def dataset(
+        self, data: TaskData, split: str, *, input_config: InputConfig, augment: Mapping[str, Any], image_cache: Any = None
+    ) -> Any:
         from .data import DetectionDataset
 
         training = split == "train"
-        return DetectionDataset(data.train if training else data.val, input_config, augment if training else {})
+        return DetectionDataset(data.train if training else data.val, input_config, augment if training else {}, image_cache)
 
     def collate(self, items: Sequence[Any]) -> Any:
         from .data import collate

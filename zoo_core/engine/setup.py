@@ -12,6 +12,7 @@ validation), and the images they decode may share one bounded cache (``--cache-i
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import shutil
 import time
@@ -22,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import RunError
 from ..freeze import apply_freeze
 from ..groups import LayerGroups
 from ..imagecache import SharedImageCache
@@ -93,6 +95,8 @@ class StageSetup:
         budget = self.options.cache_images
         if not budget:
             return {}
+        if "image_cache" not in inspect.signature(self.task.dataset).parameters:
+            raise RunError(f"--cache-images: task '{self.task.name}' keeps no decoded images (its dataset takes no image_cache); leave it out")
         counts = {"train": len(self.data.train), "val": len(self.data.val)}
         total = max(sum(counts.values()), 1)
         return {split: SharedImageCache(count, budget * count // total) for split, count in counts.items()}

@@ -74,7 +74,10 @@ class Task(Protocol):
         """Outputs the model's classifier needs for ``data`` (the engine never counts them itself)."""
         ...
 
-    def dataset(self, data: TaskData, split: str, *, input_config: InputConfig, augment: Mapping[str, Any]) -> Any: ...
+    def dataset(self, data: TaskData, split: str, *, input_config: InputConfig, augment: Mapping[str, Any]) -> Any:
+        """Items of ``split`` with ``augment``'s transforms, decoded when read. A task may also take
+        ``image_cache`` (a :class:`~zoo_core.imagecache.SharedImageCache`), passed only under
+        ``--cache-images``, to keep decoded images in."""
 
     def collate(self, items: Sequence[Any]) -> Any: ...
 
