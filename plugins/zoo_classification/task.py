@@ -298,7 +298,6 @@ class ClassificationTask:
 
     def collate(self, items: Sequence[tuple[Any, int, int]]) -> Batch:
         import torch
-
         from torch.utils.data import default_collate
 
         # in a DataLoader worker, default_collate stacks straight into shared memory: the batch then

@@ -199,7 +199,7 @@ class StageSetup:
         from torch.utils.data.distributed import DistributedSampler
 
         cached = self.cached is not None
-        key = (id(self.train_dataset), cached)
+        key = (id(self.train_dataset), id(self.cached))  # a loader serves one dataset, or one set of cached features
         if self._train_loader is None or self._train_loader[0] != key:
             dataset = IndexDataset(len(self.train_dataset)) if cached else self.train_dataset
             sampler = DistributedSampler(
