@@ -217,7 +217,8 @@ def test_metrics_jsonl_has_one_row_per_epoch(mgd_run):
         (0, 0, 0), (1, 0, 1), (2, 1, 0), (3, 1, 1), (4, 2, 0), (5, 2, 1),
     ]  # fmt: skip
     for row in rows:
-        assert {"train_loss", "val_loss", "accuracy", "top5", "f1_macro", "trainable", "cached", "step"} <= set(row)
+        assert {"train_loss", "val_loss", "accuracy", "f1_macro", "trainable", "cached", "step"} <= set(row)
+        assert "top5" not in row  # three classes: top-5 would always be 1
 
 
 def test_run_folder_records_run_recipe_provenance_and_groups(mgd_run, named_data):
@@ -249,8 +250,8 @@ def test_best_checkpoint_loads_weights_only_and_evaluates_to_the_reported_metric
     result = zoo("eval", run_dir / "checkpoints" / "best.pt", "--data", named_data, "--json")
     assert result.code == 0, result
     metrics = json.loads(result.out)
-    assert {key: metrics[key] for key in ("val_loss", "accuracy", "top5", "f1_macro")} == {
-        key: row[key] for key in ("val_loss", "accuracy", "top5", "f1_macro")
+    assert {key: metrics[key] for key in ("val_loss", "accuracy", "f1_macro")} == {
+        key: row[key] for key in ("val_loss", "accuracy", "f1_macro")
     }
 
 

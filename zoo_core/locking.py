@@ -90,3 +90,15 @@ def ensure_free(folder: Path, *, purpose: str) -> None:
             raise _in_use(folder, purpose, _holder(fd))
     finally:
         os.close(fd)
+
+
+def is_held(folder: Path) -> bool:
+    """Whether a live process holds ``folder``'s lock now (taking it for a moment if not)."""
+    path = folder / LOCK_NAME
+    if not path.is_file():
+        return False
+    fd = os.open(path, os.O_RDWR)
+    try:
+        return not _try_lock(fd)
+    finally:
+        os.close(fd)  # drops the lock if this process took it

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from .errors import ZooError
 
@@ -16,8 +17,7 @@ def read_history(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
 
 
-def plot_runs(run_dirs: Sequence[Path], output: Path, labels: Sequence[str] | None = None) -> Path:
-    """Loss (left) and the first metric found (right) per epoch; dotted lines mark stage changes."""
+def _pyplot() -> Any:
     try:
         import matplotlib
 
@@ -25,6 +25,38 @@ def plot_runs(run_dirs: Sequence[Path], output: Path, labels: Sequence[str] | No
         import matplotlib.pyplot as plt
     except ImportError:
         raise ZooError("plotting needs matplotlib: pip install 'zoo[plot]' (or pip install matplotlib)") from None
+    return plt
+
+
+def plot_confusion(evaluation: Path, output: Path) -> Path:
+    """The confusion matrix of a ``zoo eval --json`` result as a picture: counts, rows the true classes."""
+    try:
+        matrix = json.loads(evaluation.read_text())["confusion_matrix"]
+        classes, counts = matrix["classes"], matrix["counts"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise ZooError(f"{evaluation}: not the JSON of `zoo eval --json` with a confusion matrix; write one with zoo eval CKPT --data DIR --json > FILE") from None
+    plt = _pyplot()
+    side = max(4.0, 0.5 * len(classes) + 2)
+    figure, axis = plt.subplots(figsize=(side, side))
+    image = axis.imshow(counts, cmap="Blues")
+    figure.colorbar(image, ax=axis, fraction=0.046)
+    axis.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    axis.set_yticks(range(len(classes)), classes)
+    axis.set_xlabel("predicted")
+    axis.set_ylabel("true")
+    largest = max((max(row) for row in counts), default=0)
+    for row_index, row in enumerate(counts):
+        for column, count in enumerate(row):
+            axis.text(column, row_index, str(count), ha="center", va="center", color="white" if count > largest / 2 else "black")
+    figure.tight_layout()
+    figure.savefig(output, dpi=120)
+    plt.close(figure)
+    return output
+
+
+def plot_runs(run_dirs: Sequence[Path], output: Path, labels: Sequence[str] | None = None) -> Path:
+    """Loss (left) and the first metric found (right) per epoch; dotted lines mark stage changes."""
+    plt = _pyplot()
     histories = [read_history(Path(path)) for path in run_dirs]
     labels = list(labels) if labels else [Path(path).name for path in run_dirs]
     metric = next((key for key in ("accuracy", "map", "f1_macro", "top5") if histories and key in histories[0][0]), None)

@@ -25,9 +25,10 @@ from .specs import DriftWatch, MonitorMode, Recipe, Stage, to_plain
 # the starting weights' validation losses, which the engine writes before the first step; named
 # here, where reading a run folder stays free of torch, and imported by the run folder's writer
 BASELINE_FILE = "baseline.json"
+FAILURE_FILE = "failed.json"  # what stopped a run with an error, once it had a checkpoint
 
 
-def _read_json(path: Path) -> Any:
+def read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
@@ -40,7 +41,7 @@ def _read_json(path: Path) -> Any:
 
 def read_recipe(run_dir: Path) -> Recipe:
     """The recipe the run used, ``--set`` overrides applied, from its ``recipe.json``."""
-    data = _read_json(run_dir / "recipe.json")
+    data = read_json(run_dir / "recipe.json")
     if not isinstance(data, Mapping):
         raise ZooError(f"{display(run_dir)}: no recipe.json; is this a run folder written by `zoo finetune`?")
     data = dict(data)
@@ -95,6 +96,26 @@ def _stage_summary(
         "loss_norm": list(stage.loss_norm),
         "end": end,
     }
+
+
+def best_epoch(history: Sequence[Mapping[str, Any]], monitor: tuple[str, str] | None) -> dict[str, Any] | None:
+    """The epoch whose ``monitor`` (metric, mode) was best: metric, value, epoch (from 1) and stage."""
+    if monitor is None:
+        return None
+    metric, mode = monitor[0], MonitorMode(monitor[1])
+    best = None
+    for row in history:
+        if metric in row and (best is None or mode.improves(row[metric], best["value"])):
+            best = {"metric": metric, "value": row[metric], "epoch": row["epoch"] + 1, "stage": row["stage"]}
+    return best
+
+
+def run_status(run_dir: Path, recipe: Recipe, history: Sequence[Mapping[str, Any]]) -> str:
+    """finished, interrupted, failed, stopped by the drift guard, or not started."""
+    status = _status(recipe, history)
+    if status in ("interrupted", "not started") and (run_dir / FAILURE_FILE).is_file():
+        return "failed"
+    return status
 
 
 def _status(recipe: Recipe, history: Sequence[Mapping[str, Any]]) -> str:
@@ -152,24 +173,19 @@ def build_report(run_dir: Path | str, *, monitor_for: Callable[[str], tuple[str,
     """What the run in ``run_dir`` did and its checklist; ``monitor_for(task)`` gives the run's task's
     (metric, mode) that "best" follows (none: no best is reported)."""
     run_dir = Path(run_dir)
-    record = _read_json(run_dir / "run.json")
+    record = read_json(run_dir / "run.json")
     if not isinstance(record, Mapping):
         raise ZooError(f"{display(run_dir)}: no run.json; is this a run folder written by `zoo finetune`?")
     recipe = read_recipe(run_dir)
     history = read_history(run_dir) if (run_dir / "metrics.jsonl").is_file() else []
-    baseline = _read_json(run_dir / BASELINE_FILE) or {}
-    groups = [group["name"] for group in (_read_json(run_dir / "groups.json") or [])]
-    status = _status(recipe, history)
+    baseline = read_json(run_dir / BASELINE_FILE) or {}
+    groups = [group["name"] for group in (read_json(run_dir / "groups.json") or [])]
+    status = run_status(run_dir, recipe, history)
     stages = [
         _stage_summary(i, stage, _stage_rows(history, i), groups, status) for i, stage in enumerate(recipe.stages)
     ]
     monitor = monitor_for(record["task"]) if monitor_for is not None and record.get("task") else None
-    best = None
-    if monitor is not None and history:
-        metric, mode = monitor[0], MonitorMode(monitor[1])
-        for row in history:
-            if metric in row and (best is None or mode.improves(row[metric], best["value"])):
-                best = {"metric": metric, "value": row[metric], "epoch": row["epoch"] + 1, "stage": row["stage"]}
+    best = best_epoch(history, monitor)
     final = history[-1] if history else None
     checks: list[dict[str, Any]] = []
     if final is not None:

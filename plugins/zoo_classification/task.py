@@ -162,13 +162,17 @@ class ImageDataset:
 
 
 class ClassificationMetrics:
-    """Accuracy, top-5 accuracy and macro-F1 from a confusion matrix."""
+    """Accuracy, top-5 accuracy (with more than five classes) and macro-F1 from a confusion matrix;
+    per class, precision, recall, F1 and support (:meth:`details`)."""
 
-    def __init__(self, num_classes: int) -> None:
+    TOP_K = 5
+
+    def __init__(self, num_classes: int, class_names: Sequence[str] | None = None) -> None:
         import torch
 
         self.num_classes = num_classes
-        self.confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
+        self.class_names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
+        self.confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)  # rows: true class, columns: predicted
         self.top5_hits = 0
         self.count = 0
 
@@ -181,24 +185,38 @@ class ClassificationMetrics:
         self.confusion += torch.bincount(labels * self.num_classes + predictions, minlength=self.num_classes**2).view(
             self.num_classes, self.num_classes
         )
-        k = min(5, self.num_classes)
-        self.top5_hits += int((logits.topk(k, dim=1).indices == labels[:, None]).any(dim=1).sum())
+        if self.num_classes > self.TOP_K:  # with five classes or fewer, top-5 is always 1
+            self.top5_hits += int((logits.topk(self.TOP_K, dim=1).indices == labels[:, None]).any(dim=1).sum())
         self.count += int(labels.numel())
 
-    def compute(self) -> dict[str, float]:
-        if self.count == 0:
-            return {"accuracy": 0.0, "top5": 0.0, "f1_macro": 0.0}
+    def _per_class(self) -> tuple[Any, Any, Any, Any]:
         confusion = self.confusion.double()
         true_positive = confusion.diag()
         precision = true_positive / confusion.sum(dim=0).clamp(min=1)
         recall = true_positive / confusion.sum(dim=1).clamp(min=1)
         f1 = 2 * precision * recall / (precision + recall).clamp(min=1e-12)
-        present = confusion.sum(dim=1) > 0
+        return precision, recall, f1, self.confusion.sum(dim=1)
+
+    def compute(self) -> dict[str, float]:
+        top_k = {"top5": self.top5_hits / max(self.count, 1)} if self.num_classes > self.TOP_K else {}
+        if self.count == 0:
+            return {"accuracy": 0.0, **top_k, "f1_macro": 0.0}
+        _, _, f1, support = self._per_class()
+        present = support > 0
         return {
-            "accuracy": float(true_positive.sum() / self.count),
-            "top5": self.top5_hits / self.count,
+            "accuracy": int(self.confusion.diag().sum()) / self.count,
+            **top_k,
             "f1_macro": float(f1[present].mean()) if bool(present.any()) else 0.0,
         }
+
+    def details(self) -> dict[str, Any]:
+        """Per class (precision, recall, F1, support) and the confusion matrix, rows the true classes."""
+        precision, recall, f1, support = self._per_class()
+        per_class = [
+            {"class": name, "precision": float(p), "recall": float(r), "f1": float(f), "support": int(n)}
+            for name, p, r, f, n in zip(self.class_names, precision, recall, f1, support)
+        ]
+        return {"per_class": per_class, "confusion_matrix": {"classes": self.class_names, "counts": self.confusion.tolist()}}
 
 
 def _check_loss_settings(loss_scales: Mapping[str, float], loss_norm: Sequence[str], *, where: str = "") -> None:
@@ -382,7 +400,7 @@ class ClassificationTask:
         return {"loss": ce * scale, "cls": ce.detach()}
 
     def metrics(self, data: TaskData) -> ClassificationMetrics:
-        return ClassificationMetrics(len(data.class_names))
+        return ClassificationMetrics(len(data.class_names), data.class_names)
 
     def batch_size(self, batch: Batch) -> int:
         return len(batch)

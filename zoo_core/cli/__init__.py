@@ -225,8 +225,11 @@ def _training_commands(command: Command) -> None:
     sub.add_argument("--json", action="store_true")
     sub.add_argument("-o", "--output", metavar="OUT", help="write each image with its boxes drawn into this folder")
 
-    sub = command("plot", "draw loss and metric curves of a run, with stage boundaries", _handler("train_cmds", "cmd_plot"))
-    sub.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    sub = command(
+        "plot", "draw loss and metric curves of runs, with stage boundaries (or the confusion matrix of a `zoo eval --json` file)",
+        _handler("train_cmds", "cmd_plot"),
+    )  # fmt: skip
+    sub.add_argument("run_dirs", nargs="+", metavar="RUN_DIR_OR_EVAL_JSON")
     sub.add_argument("-o", "--output", metavar="FILE.png")
 
     sub = command(
@@ -234,6 +237,11 @@ def _training_commands(command: Command) -> None:
         _handler("report_cmds", "cmd_report"),
     )  # fmt: skip
     sub.add_argument("run_dir", metavar="RUN_DIR")
+    sub.add_argument("--json", action="store_true")
+
+    sub = command("runs", "list the run folders under a folder: model, recipe, status, best, size", _handler("report_cmds", "cmd_runs"))
+    sub.add_argument("dir", nargs="?", default="runs", metavar="DIR", help="where the runs are (default: ./runs)")
+    sub.add_argument("--clean", action="store_true", help="remove what finished runs no longer need (last.prev.pt, leftovers)")
     sub.add_argument("--json", action="store_true")
 
 

@@ -82,3 +82,37 @@ def cmd_report(args: Any) -> int:
         print(format_report(report))
     return 0 if report["passed"] else 1
 
+
+
+def _size(count: int) -> str:
+    from ..sizes import format_size
+
+    return format_size(count)
+
+
+def cmd_runs(args: Any) -> int:
+    from ..runs import clean, list_runs, removable
+
+    registry = registry_for(args)
+    runs = list_runs(Path(args.dir), monitor_for=lambda task: registry.task(task).monitor)
+    freed: dict[Path, int] = {}
+    if args.clean:
+        freed = {run.path: clean(run) for run in runs if removable(run)}
+        runs = list_runs(Path(args.dir), monitor_for=lambda task: registry.task(task).monitor)
+    if args.json:
+        print_json([{**run.to_dict(), **({"freed": freed[run.path]} if run.path in freed else {})} for run in runs])
+        return 0
+    if not runs:
+        print(f"no run folders under {display(Path(args.dir))}")
+        return 0
+    rows = []
+    for run in runs:
+        best = f"{run.best['metric']} {run.best['value']:.4f} (epoch {run.best['epoch']})" if run.best else "-"
+        rows.append((display(run.path), run.model, run.recipe, run.status, f"{run.epochs_run}/{run.epochs}", best, _size(run.size)))
+    print(table(rows, ("RUN", "MODEL", "RECIPE", "STATUS", "EPOCHS", "BEST", "SIZE")))
+    for run in runs:
+        if run.error:
+            print(f"{display(run.path)} failed: {run.error}")
+    if args.clean:
+        print(f"cleaned {len(freed)} finished runs, {_size(sum(freed.values()))} freed" if freed else "nothing to clean")
+    return 0

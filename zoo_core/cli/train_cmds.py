@@ -12,7 +12,7 @@ from ..engine import distributed
 from ..engine.api import check_model, evaluate, plan_run, prepare
 from ..engine.options import RunOptions
 from ..features import FeatureExtractor
-from ..plot import plot_runs
+from ..plot import plot_confusion, plot_runs
 from .common import parse_classes, print_json, registry_for, table
 
 LAUNCH_FLAGS = ("--nproc", "--nnodes", "--node-rank", "--master-addr", "--master-port", "--rdzv-endpoint", "--rdzv-id")
@@ -111,8 +111,17 @@ def cmd_eval(args: Any) -> int:
     )  # fmt: skip
     if args.json:
         print_json(metrics)
-    else:
-        print(table([(key, f"{value:.4f}") for key, value in metrics.items()], ("METRIC", "VALUE")))
+        return 0
+    numbers = [(key, f"{value:.4f}") for key, value in metrics.items() if isinstance(value, (int, float))]
+    print(table(numbers, ("METRIC", "VALUE")))
+    if metrics.get("per_class"):
+        print()
+        rows = [(c["class"], f"{c['precision']:.4f}", f"{c['recall']:.4f}", f"{c['f1']:.4f}", c["support"]) for c in metrics["per_class"]]
+        print(table(rows, ("CLASS", "PRECISION", "RECALL", "F1", "SUPPORT")))
+    if metrics.get("confusion_matrix"):
+        matrix = metrics["confusion_matrix"]
+        print("\nconfusion matrix (rows: true class, columns: predicted)")
+        print(table([(name, *counts) for name, counts in zip(matrix["classes"], matrix["counts"])], ("", *matrix["classes"])))
     return 0
 
 
@@ -161,7 +170,13 @@ def cmd_features(args: Any) -> int:
 
 def cmd_plot(args: Any) -> int:
 
-    output = Path(args.output) if args.output else Path(args.run_dirs[0]) / "curves.png"
+    first = Path(args.run_dirs[0])
+    if first.suffix == ".json":  # a `zoo eval --json` result: its confusion matrix
+        output = Path(args.output) if args.output else first.with_name(first.stem + "-confusion.png")
+        plot_confusion(first, output)
+        print(f"wrote {output}")
+        return 0
+    output = Path(args.output) if args.output else first / "curves.png"
     plot_runs([Path(path) for path in args.run_dirs], output)
     print(f"wrote {output}")
     return 0

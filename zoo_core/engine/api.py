@@ -180,6 +180,7 @@ class PreparedRun:
             try:
                 if dist.is_main:
                     self._write_records()
+                    folder.clear_failure()
                 distributed.barrier(dist)
                 engine = Engine(self.model, self.groups, self.context)
                 # rank 0 reads the checkpoint and hands it to the others, whose machines may not see the folder
@@ -188,9 +189,11 @@ class PreparedRun:
                     log.info("%s: no epoch finished before the run stopped; starting from the first epoch", folder.path)
                     folder.trim_metrics(0)
                 return engine.run(found[0] if found is not None else None)
-            except BaseException:
+            except BaseException as exc:
                 if dist.is_main and not resume:
                     folder.discard_if_unstarted(created)
+                if dist.is_main:
+                    folder.record_failure(exc)
                 raise
             finally:
                 distributed.shutdown(dist)
@@ -288,8 +291,9 @@ def evaluate(
     data_format: str | None = None,
     workers: int | None = None,
     registry: Registry | None = None,
-) -> dict[str, float]:
-    """Evaluate a Zoo checkpoint on a data folder, with the split its run used.
+) -> dict[str, Any]:
+    """Evaluate a Zoo checkpoint on a data folder, with the split its run used: the metrics, and
+    what the task adds per class (classification: ``per_class`` and ``confusion_matrix``).
 
     The data is read by ``data_format``'s reader, else by the reader the run recorded when it
     recognises ``data``, else by the first reader that does.
@@ -322,4 +326,4 @@ def evaluate(
         dataset, collate=task_obj.collate, batch_size=64, sampler=torch.utils.data.SequentialSampler(dataset), seed=0,
         workers=default_workers(items=len(dataset)) if workers is None else workers, pin_memory=device_cfg.pin_memory, persistent=False,
     )  # fmt: skip
-    return evaluate_model(model, task_obj, loader, data=evaluated, device=device_cfg)
+    return evaluate_model(model, task_obj, loader, data=evaluated, device=device_cfg, details=True)

@@ -22,8 +22,12 @@ def evaluate_model(
     data: TaskData,
     device: DeviceConfig,
     loss_scales: Mapping[str, float] | None = None,
-) -> dict[str, float]:
+    details: bool = False,
+) -> dict[str, Any]:
     """``val_loss``, ``val_<component>`` and the task's metrics over ``loader``'s batches (model in eval mode).
+
+    ``details`` adds what the task's metrics give beyond numbers (``details()``: per-class figures,
+    a confusion matrix), for ``zoo eval``.
 
     ``loader`` is a :func:`~.loading.make_loader` loader: of images, or of cached trunk features
     for a model that runs only the heads.
@@ -50,4 +54,6 @@ def evaluate_model(
         model.train(was_training)
     result = {("val_loss" if name == "loss" else f"val_{name}"): total / max(count, 1) for name, total in totals.items()}
     result.update(metrics.compute())
+    if details and callable(getattr(metrics, "details", None)):
+        result.update(metrics.details())
     return result

@@ -373,4 +373,7 @@ class Engine:
         position = self.state.position
         if self.dist.is_main:
             self.folder.trim_metrics(position.epoch)
+        if position.stage >= len(self.recipe.stages):
+            log.info("%s: the run is finished (%d epochs, all %d stages); nothing to resume", self.folder.path, position.epoch, len(self.recipe.stages))
+            return
         log.info("resumed at stage %d, epoch %d of that stage (%d epochs done)", position.stage, position.epoch_in_stage + 1, position.epoch)

@@ -7,6 +7,7 @@ Layout::
     RUN/provenance.json   where the starting weights came from (and the transfer plan)
     RUN/baseline.json     the starting weights' validation losses and metrics, before any step
     RUN/metrics.jsonl     one row per epoch
+    RUN/failed.json       what stopped the run, when an error did (``zoo runs``)
     RUN/checkpoints/last.pt, last.prev.pt, best.pt, stage-<i>-<name>.pt
 
 ``last.pt`` is rotated to ``last.prev.pt`` before each new one is written (atomically), so a
@@ -28,7 +29,7 @@ from .. import locking
 from ..checkpoint import save_checkpoint, torch_load
 from ..errors import CheckpointError, RunError
 from ..fileio import atomic_write_json, fsync_dir, remove_stale_temporaries
-from ..report import BASELINE_FILE
+from ..report import BASELINE_FILE, FAILURE_FILE
 
 log = logging.getLogger(__name__)
 
@@ -112,8 +113,18 @@ class RunFolder:
             "groups.json",
             BASELINE_FILE,
             "metrics.jsonl",
+            FAILURE_FILE,
         ):
             (self.path / name).unlink(missing_ok=True)
+
+    def record_failure(self, error: BaseException) -> None:
+        """Leave ``failed.json`` (what stopped the run) for ``zoo runs``; an interruption is not a failure."""
+        if isinstance(error, KeyboardInterrupt) or not (self.checkpoints.is_dir() and any(self.checkpoints.glob("*.pt"))):
+            return  # a run without a checkpoint was discarded: there is nothing to list
+        self.write_json(FAILURE_FILE, {"error": str(error) or type(error).__name__, "type": type(error).__name__})
+
+    def clear_failure(self) -> None:
+        (self.path / FAILURE_FILE).unlink(missing_ok=True)
 
     def write_json(self, name: str, data: Any) -> None:
         atomic_write_json(self.path / name, data)
