@@ -12,22 +12,18 @@
 from __future__ import annotations
 
 import logging
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import timm
 import torch
-from common import engine_epoch_loader, machine, median, report
+from common import engine_epoch_loader, machine, median, report, write_image_folder
+from zoo_classification.task import ClassificationTask
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from conftest import write_image_folder  # noqa: E402  (the test suite's image writer)
-from zoo_classification.task import ClassificationTask  # noqa: E402
-
-from zoo_core.anatomy import input_config  # noqa: E402
-from zoo_core.engine.api import finetune  # noqa: E402
-from zoo_core.registry import Registry  # noqa: E402
+from zoo_core.anatomy import input_config
+from zoo_core.engine.api import finetune
+from zoo_core.registry import Registry
 
 ARCH, SIZE, SEED = "resnet10t", 48, 0
 logging.basicConfig(level=logging.WARNING)

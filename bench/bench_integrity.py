@@ -11,22 +11,18 @@ from __future__ import annotations
 
 import contextlib
 import io
-import sys
 import tempfile
 from pathlib import Path
 
 import timm
 import torch
-from common import machine, median, report, timed
+from common import machine, median, report, timed, write_image_folder
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from conftest import write_image_folder  # noqa: E402  (the test suite's small image folders)
-
-import zoo_core.checkpoint  # noqa: E402
-from zoo_core import integrity  # noqa: E402
-from zoo_core.checkpoint import save_checkpoint  # noqa: E402
-from zoo_core.cli import main as zoo  # noqa: E402
-from zoo_core.provenance import make_provenance  # noqa: E402
+import zoo_core.checkpoint
+from zoo_core import integrity
+from zoo_core.checkpoint import save_checkpoint
+from zoo_core.cli import main as zoo
+from zoo_core.provenance import make_provenance
 
 REPEAT = 7
 ARCH = "resnet50"  # 25.6M parameters: about 100 MB in float32

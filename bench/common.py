@@ -116,3 +116,29 @@ def peak_rss(command: list[str], *, env: dict | None = None, interval: float = 0
             errors.seek(0)
             raise SystemExit(f"{' '.join(command)} failed:\n{errors.read().decode()[-2000:]}")
     return process.returncode, seconds, peak
+
+
+def write_image_folder(root, classes: int = 3, per_class: int = 12, size: int = 16, *, seed: int = 0):
+    """Small, learnable PNGs in ``root/train`` and ``root/val``: a colour and stripe direction per
+    class, plus noise. The benchmarks' own (the test suite's ``conftest`` needs pytest)."""
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    palette = [(220, 40, 40), (40, 200, 40), (40, 40, 220), (200, 200, 40), (200, 40, 200), (40, 200, 200)]
+    for part, count in (("train", per_class), ("val", max(2, per_class // 3))):
+        for label in range(classes):
+            folder = root / part / f"class{label}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for index in range(count):
+                base = np.zeros((size, size, 3), dtype=np.float32)
+                base[:] = palette[label % len(palette)]
+                stripes = (np.arange(size) // 2) % 2
+                pattern = stripes[:, None] if label % 2 else stripes[None, :]
+                base *= 0.6 + 0.4 * pattern[..., None]
+                base += rng.normal(0, 25, base.shape)
+                Image.fromarray(np.clip(base, 0, 255).astype(np.uint8)).save(folder / f"{index:03d}.png")
+    return root

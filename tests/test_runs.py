@@ -134,3 +134,13 @@ def test_top5_is_reported_only_with_more_than_five_classes(zoo, tmp_path):
     rows = {name: [json.loads(line) for line in Path(name, "metrics.jsonl").read_text().splitlines()] for name in ("few", "many")}
     assert all("top5" not in row for row in rows["few"])
     assert all(0 <= row["top5"] <= 1 for row in rows["many"])
+
+
+def test_building_the_name_index_says_so_once(zoo, tmp_path, monkeypatch):
+    monkeypatch.setenv("ZOO_HOME", str(tmp_path / "cold-home"))
+    first = zoo("list", "resnet18*")
+    assert first.code == 0, first.err
+    assert "indexing timm names, about 5 to 10 s, once per timm version" in first.err
+    assert "indexing torchvision names" in first.err
+    again = zoo("list", "resnet18*")
+    assert again.code == 0 and "indexing" not in again.err and again.out == first.out

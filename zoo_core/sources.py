@@ -123,7 +123,8 @@ def load_index(source: Source) -> SourceIndex | None:
             return SourceIndex(source.name, version, entries)
     except (OSError, ValueError, KeyError, TypeError):
         pass  # missing or unreadable: rebuild below
-    log.info("building the name index for %s (%s); later listings read it from %s", source.name, version, path)
+    # said on every console (the CLI shows this logger's INFO): the first listing otherwise sits silent for seconds
+    log.info("indexing %s names, about 5 to 10 s, once per %s version (%s); later listings read %s", source.name, source.name, version, path)
     entries = list(source.build_index())
     atomic_write_json(
         path,

@@ -288,6 +288,7 @@ def _configure_logging(verbose: bool, debug: bool) -> None:
     if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 logs for the run; the others only errors
         handler.setLevel(logging.ERROR)  # on the handler: commands may lower their loggers' levels
     logging.basicConfig(level=level, format="zoo: %(levelname)s: %(message)s", handlers=[handler], force=True)
+    logging.getLogger("zoo_core.sources").setLevel(min(level, logging.INFO))  # "indexing … names": the one slow first step
     if not debug:  # third-party libraries speak up only when asked
         for noisy in ("timm", "huggingface_hub", "urllib3", "PIL", "matplotlib", "faster_coco_eval"):
             logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
