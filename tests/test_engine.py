@@ -186,7 +186,7 @@ def test_stage_checkpoints_hold_the_end_of_their_stage(mgd_run):
     for index, name in enumerate(("heads", "neck", "all")):
         checkpoint = load(mgd_run / "checkpoints" / f"stage-{index}-{name}.pt")
         last_epochs[index] = (checkpoint["metrics"]["stage"], checkpoint["metrics"]["epoch"])
-    assert last_epochs == {0: (0, 1), 1: (1, 3), 2: (2, 5)}
+    assert last_epochs == {0: (0, 2), 1: (1, 4), 2: (2, 6)}  # epochs count from 1
     final, last = load(mgd_run / "checkpoints" / "stage-2-all.pt"), load(mgd_run / "checkpoints" / "last.pt")
     assert all(torch.equal(final["model_state_dict"][key], value) for key, value in last["model_state_dict"].items())
 
@@ -214,7 +214,7 @@ def test_last_checkpoint_holds_everything_resume_needs(mgd_run):
 def test_metrics_jsonl_has_one_row_per_epoch(mgd_run):
     rows = read_rows(mgd_run)
     assert [(row["epoch"], row["stage"], row["epoch_in_stage"]) for row in rows] == [
-        (0, 0, 0), (1, 0, 1), (2, 1, 0), (3, 1, 1), (4, 2, 0), (5, 2, 1),
+        (1, 0, 0), (2, 0, 1), (3, 1, 0), (4, 1, 1), (5, 2, 0), (6, 2, 1),
     ]  # fmt: skip
     for row in rows:
         assert {"train_loss", "val_loss", "accuracy", "f1_macro", "trainable", "cached", "step"} <= set(row)
@@ -393,7 +393,7 @@ def test_stage_events_carry_the_stage_and_its_last_metrics(recorded):
 def test_epoch_end_event_carries_the_metrics_row(recorded):
     recorder, run_dir, _ = recorded
     assert [(args["epoch"], args["metrics"]) for name, args in recorder.events if name == "epoch_end"] == [
-        (row["epoch"], row) for row in read_rows(run_dir)
+        (row["epoch"] - 1, row) for row in read_rows(run_dir)  # the hook's epoch index is from 0, the rows' from 1
     ]
 
 

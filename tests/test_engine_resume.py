@@ -118,7 +118,7 @@ def interrupted_copy(interrupted: Path, tmp_path: Path) -> Path:
 def test_interrupted_run_stopped_in_the_middle_of_stage_1(interrupted):
     last = torch.load(interrupted / "checkpoints" / "last.pt", weights_only=True)
     assert (last["stage"], last["epoch_in_stage"], last["epoch"]) == (1, 1, 3)
-    assert [row["epoch"] for row in metric_rows(interrupted)] == [0, 1, 2]
+    assert [row["epoch"] for row in metric_rows(interrupted)] == [1, 2, 3]
 
 
 def test_resume_after_an_interrupt_ends_with_the_same_weights(zoo, interrupted_copy, reference, data):
@@ -172,7 +172,7 @@ def test_resume_after_sigkill_ends_with_the_same_weights(zoo, reference, data, t
     done = re.search(r"resumed at stage \d, epoch \d of that stage \((\d) epochs done\)", result.err)
     assert done and 2 <= int(done.group(1)) < 6, result.err  # killed after the third epoch, before the end
     assert_same_final_state(run_dir, reference)
-    assert [row["epoch"] for row in metric_rows(run_dir)] == [0, 1, 2, 3, 4, 5]
+    assert [row["epoch"] for row in metric_rows(run_dir)] == [1, 2, 3, 4, 5, 6]
 
 
 # --- what --resume refuses, and what it falls back to -----------------------------------------------------
@@ -220,7 +220,7 @@ def test_corrupt_last_checkpoint_falls_back_to_the_previous_one_and_says_so(zoo,
     assert "last.pt: truncated or corrupt checkpoint" in warning
     assert "resuming from the previous good checkpoint last.prev.pt instead" in warning
     assert_same_final_state(interrupted_copy, reference)
-    assert [row["epoch"] for row in metric_rows(interrupted_copy)] == [0, 1, 2, 3, 4, 5]
+    assert [row["epoch"] for row in metric_rows(interrupted_copy)] == [1, 2, 3, 4, 5, 6]
 
 
 def test_every_checkpoint_corrupt_is_refused(zoo, interrupted_copy, data):

@@ -87,7 +87,7 @@ def test_report_of_a_finished_run_lists_stages_and_passes_its_checks(zoo, data: 
     assert report["best"] == {
         "metric": "val_loss",
         "value": best["val_loss"],
-        "epoch": best["epoch"] + 1,
+        "epoch": best["epoch"],
         "stage": best["stage"],
     }
     checks = checks_of(report)

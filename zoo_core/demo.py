@@ -109,7 +109,7 @@ def prepare_output(out: Path, command: str = "zoo demo") -> None:
 def _epochs_to(history: list[dict[str, Any]], target: float) -> int | None:
     for row in history:
         if row.get("accuracy", 0.0) >= target:
-            return row["epoch"] + 1
+            return row["epoch"]
     return None
 
 
@@ -124,7 +124,7 @@ def _arm(name: str, result: Any, seconds: float, target: float) -> dict[str, Any
         "seconds": round(seconds, 2),
         "run_dir": str(result.run_dir),
         "curve": [
-            {"epoch": row["epoch"] + 1, "stage": row["stage"], "accuracy": row["accuracy"], "val_loss": row["val_loss"], "train_loss": row["train_loss"]}
+            {"epoch": row["epoch"], "stage": row["stage"], "accuracy": row["accuracy"], "val_loss": row["val_loss"], "train_loss": row["train_loss"]}
             for row in history
         ],
     }

@@ -65,7 +65,7 @@ def plot_runs(run_dirs: Sequence[Path], output: Path, labels: Sequence[str] | No
     figure, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4), squeeze=False)
     loss_axis = axes[0][0]
     for history, label in zip(histories, labels):
-        epochs = [row["epoch"] + 1 for row in history]
+        epochs = [row["epoch"] for row in history]
         line = loss_axis.plot(epochs, [row["val_loss"] for row in history], label=f"{label} val")[0]
         loss_axis.plot(epochs, [row["train_loss"] for row in history], linestyle="--", color=line.get_color(), alpha=0.6, label=f"{label} train")
         if metric:
@@ -73,7 +73,7 @@ def plot_runs(run_dirs: Sequence[Path], output: Path, labels: Sequence[str] | No
         for previous, row in zip(history, history[1:]):
             if row["stage"] != previous["stage"]:
                 for axis in axes[0]:
-                    axis.axvline(row["epoch"] + 0.5, color=line.get_color(), linestyle=":", alpha=0.5)
+                    axis.axvline(row["epoch"] - 0.5, color=line.get_color(), linestyle=":", alpha=0.5)
     if drift:
         _plot_drift(axes[0][-1], Path(run_dirs[0]), histories[0], drift, labels[0])
     from matplotlib.ticker import MaxNLocator
@@ -98,13 +98,13 @@ def plot_runs(run_dirs: Sequence[Path], output: Path, labels: Sequence[str] | No
 def _plot_drift(axis: object, run_dir: Path, history: list[dict], names: Sequence[str], label: str) -> None:
     """Each validation loss component over its value before training (``drift/…``), with the
     drift guard's band shaded over the epochs of the stages that watch it (the first run's)."""
-    epochs = [row["epoch"] + 1 for row in history]
+    epochs = [row["epoch"] for row in history]
     for name in names:
         axis.plot(epochs, [row.get(name) for row in history], label=name.removeprefix("drift/"))
     recipe = json.loads((run_dir / "recipe.json").read_text()) if (run_dir / "recipe.json").is_file() else {}
     for index, stage in enumerate(recipe.get("stages", [])):
         guard = stage.get("drift_guard")
-        watched = [row["epoch"] + 1 for row in history if row["stage"] == index]
+        watched = [row["epoch"] for row in history if row["stage"] == index]
         if guard and watched:
             band = float(guard.get("band", 0.2))
             low = 1 - band if guard.get("watch") == "both" else 0.0

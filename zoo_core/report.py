@@ -106,7 +106,7 @@ def best_epoch(history: Sequence[Mapping[str, Any]], monitor: tuple[str, str] | 
     best = None
     for row in history:
         if metric in row and (best is None or mode.improves(row[metric], best["value"])):
-            best = {"metric": metric, "value": row[metric], "epoch": row["epoch"] + 1, "stage": row["stage"]}
+            best = {"metric": metric, "value": row[metric], "epoch": row["epoch"], "stage": row["stage"]}
     return best
 
 
@@ -162,9 +162,9 @@ def _component_checks(
             if _outside(ratio, stage.drift_guard.band, stage.drift_guard.watch)
         ]
         start = baseline.get(f"val_{name}")
-        detail = f"{'farthest' if both else 'highest'} {worst - 1:+.0%} at epoch {worst_row['epoch'] + 1} ({worst_row.get(f'val_{name}', float('nan')):.4g} vs {start:.4g})"
+        detail = f"{'farthest' if both else 'highest'} {worst - 1:+.0%} at epoch {worst_row['epoch']} ({worst_row.get(f'val_{name}', float('nan')):.4g} vs {start:.4g})"
         if failing:
-            detail += f"; outside the band in {len(failing)} of {len(ratios)} epochs, first at epoch {failing[0][1]['epoch'] + 1}"
+            detail += f"; outside the band in {len(failing)} of {len(ratios)} epochs, first at epoch {failing[0][1]['epoch']}"
         checks.append({"check": label, "passed": not failing, "detail": detail})
     return checks
 
@@ -203,7 +203,7 @@ def build_report(run_dir: Path | str, *, monitor_for: Callable[[str], tuple[str,
             checks.append({
                 "check": "validation loss below the starting model's",
                 "passed": bool(final["val_loss"] < start),
-                "detail": f"{final['val_loss']:.4g} at epoch {final['epoch'] + 1} vs {start:.4g} before training ({change:+.0%})",
+                "detail": f"{final['val_loss']:.4g} at epoch {final['epoch']} vs {start:.4g} before training ({change:+.0%})",
             })  # fmt: skip
         if "random_val_loss" in baseline:
             checks.append({
@@ -213,7 +213,7 @@ def build_report(run_dir: Path | str, *, monitor_for: Callable[[str], tuple[str,
             })  # fmt: skip
         checks += _component_checks(recipe, history, baseline)
         skipped = int(final.get("skipped_steps", 0))
-        bad_rows = [row["epoch"] + 1 for row in history if not _finite(row)]
+        bad_rows = [row["epoch"] for row in history if not _finite(row)]
         detail = f"{skipped} step{'s' if skipped != 1 else ''} skipped for a non-finite loss"
         if bad_rows:
             detail += f"; non-finite epoch losses at epoch {', '.join(map(str, bad_rows[:5]))}"

@@ -67,12 +67,12 @@ def _arm(name: str, result: Any, seconds: float) -> dict[str, Any]:
         "map_50": history[-1]["map_50"],
         "best_map": best["map"],
         "best_map_50": best["map_50"],
-        "best_epoch": best["epoch"] + 1,
+        "best_epoch": best["epoch"],
         "f1": history[-1]["f1"],
         "epochs": len(history),
         "seconds": round(seconds, 2),
         "run_dir": str(result.run_dir),
-        "curve": [{"epoch": row["epoch"] + 1, "stage": row["stage"], "map": row["map"], "map_50": row["map_50"], "val_loss": row["val_loss"]} for row in history],
+        "curve": [{"epoch": row["epoch"], "stage": row["stage"], "map": row["map"], "map_50": row["map_50"], "val_loss": row["val_loss"]} for row in history],
     }
 
 

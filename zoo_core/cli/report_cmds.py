@@ -55,7 +55,7 @@ def format_report(report: dict[str, Any]) -> str:
         final = report["final"]
         shown = [key for key in ("accuracy", "map", "map_50", "f1", "f1_macro", "val_loss") if key in final]
         lines.append(
-            "final   " + "  ".join(f"{key} {final[key]:.4f}" for key in shown) + f" (epoch {final['epoch'] + 1})"
+            "final   " + "  ".join(f"{key} {final[key]:.4f}" for key in shown) + f" (epoch {final['epoch']})"
         )
     if report["components"]:
         lines += ["", table(

@@ -203,7 +203,7 @@ class Engine:
                 "detail": f"{spec.monitor} did not improve on {stopper.best:.4g} for {spec.patience} epochs",
             }
         self._save_epoch(row, improved, finished_stage=stage_index if (last_epoch or drift) else None)
-        self.hook.zoo_on_epoch_end(run=self.context.info, epoch=row["epoch"], metrics=row)
+        self.hook.zoo_on_epoch_end(run=self.context.info, epoch=row["epoch"] - 1, metrics=row)  # the hook's index is from 0
         if drift:
             return row, Stop(StopReason.DRIFT, stage_index, epoch_in_stage + 1)
         if early:
@@ -302,7 +302,7 @@ class Engine:
     def _row(self, stage_index: int, stage: Stage, epoch_in_stage: int, train: Mapping[str, float], val: Mapping[str, float], seconds: float) -> dict[str, Any]:
         setup = self.setup
         row: dict[str, Any] = {
-            "epoch": self.state.position.epoch,
+            "epoch": self.state.position.epoch + 1,  # counted from 1, as the console and `zoo plot` count
             "stage": stage_index,
             "stage_name": stage.name,
             "epoch_in_stage": epoch_in_stage,
@@ -335,7 +335,7 @@ class Engine:
         # non-finite weights are never saved: checked once, before any of this epoch's files, and on
         # every rank (their weights are the same; a sharded model's are checked on rank 0 and the
         # verdict shared) so that all stop together
-        where = f"{self.folder.path} (weights after epoch {row['epoch'] + 1})"
+        where = f"{self.folder.path} (weights after epoch {row['epoch']})"
         gathered = (model_state(self.model), optimizer_state(self.model, self.optimizer)) if self.sharded else None
         if gathered is None:
             check_finite(self.model.state_dict(), where)

@@ -184,7 +184,7 @@ class RunFolder:
 
     def trim_metrics(self, completed_epochs: int) -> None:
         """Drop rows of epochs that a resumed run will run again."""
-        rows = [row for row in self.read_metrics() if row.get("epoch", 0) < completed_epochs]
+        rows = [row for row in self.read_metrics() if row.get("epoch", 0) <= completed_epochs]  # epochs count from 1
         from ..fileio import atomic_write_text
 
         atomic_write_text(self.metrics_file, "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows))
