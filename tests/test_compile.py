@@ -27,7 +27,7 @@ def runs(workspace: Path) -> dict[str, Path]:
         folders[name] = workspace / name
         finetune(
             "multigriddet-backbone", MODEL, data, run_dir=folders[name], overrides=["stages.*.epochs=1", "batch_size=8"],
-            pretrained=False, image_size=32, compile_backend=backend,
+            pretrained=False, image_size=32, compile_backend=backend, keep=("last", "best", "stages"),
         )  # fmt: skip
     return folders
 

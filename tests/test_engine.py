@@ -74,7 +74,7 @@ def run_api(recipe: str, model: str, data: Path, run_dir: Path, *overrides: str,
         overrides=["batch_size=8", *overrides],
         pretrained=False,
         image_size=32,
-        **kwargs,
+        **{"keep": ("last", "best", "stages"), **kwargs},  # these tests read the stage checkpoints too
     )
 
 
@@ -468,11 +468,13 @@ lr = 1e-3
 def test_drift_guard_stop_ends_the_run_when_val_loss_leaves_the_band(zoo, data):
     write_recipe(DRIFT.format(lr=0.3, action="stop"))
     result = zoo(
-        "finetune", "--recipe", "drifty", "--model", MODEL, "--data", rotate_val_labels(data), "--run-dir", "run", *FAST
+        "finetune", "--recipe", "drifty", "--model", MODEL, "--data", rotate_val_labels(data), "--run-dir", "run", *FAST,
+        "--keep", "last,best,stages",
     )
     assert "stopped: drift guard in stage 0" in result.out
     assert "stage 0 epoch 1: drift guard (+20%): val_loss" in result.err
     assert [(row["stage"], row["epoch_in_stage"]) for row in read_rows(Path("run"))] == [(0, 0)]
+    assert (Path("run") / "checkpoints" / "stage-0-guarded.pt").is_file()  # the stopped stage's end is kept
     assert not (Path("run") / "checkpoints" / "stage-1-later.pt").exists()
     assert (Path("run") / "checkpoints" / "last.pt").is_file()
 

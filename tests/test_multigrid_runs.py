@@ -79,7 +79,7 @@ def test_from_backbone_only_weights_the_backbone_starts_from_the_file(zoo, scene
                 "provenance": make_provenance(model=BACKBONE, num_classes=5, class_names=list("abcde"))}, tmp_path / "cls.pt")  # fmt: skip
     assert zoo("export", tmp_path / "cls.pt", "--backbone-only", "-o", "backbone.safetensors").code == 0
     result = zoo("finetune", "--task", "detection", "--recipe", "multigriddet-backbone", "--model", "backbone.safetensors",
-                 "--detector", "multigrid", "--data", scenes, "--run-dir", "bb", *ONE_EPOCH)  # fmt: skip
+                 "--detector", "multigrid", "--data", scenes, "--run-dir", "bb", "--keep", "last,best,stages", *ONE_EPOCH)  # fmt: skip
     assert result.code == 0, result
     # stage 0 trains neck and head with the backbone frozen (its batch-norm statistics too): after it,
     # every backbone tensor is still the file's, bit for bit

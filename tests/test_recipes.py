@@ -504,6 +504,7 @@ def test_plugin_recipe_runs_every_stage(make_registry, data, tmp_path):
         run_dir=tmp_path / "run",
         pretrained=False,
         image_size=32,
+        keep=("last", "best", "stages"),
         registry=make_registry(RecipePlugin()),
     )
     assert [(row["stage_name"], row["lr/head"]) for row in result.history] == [("first", 1e-3), ("second", 5e-4)]

@@ -144,3 +144,33 @@ def test_building_the_name_index_says_so_once(zoo, tmp_path, monkeypatch):
     assert "indexing torchvision names" in first.err
     again = zoo("list", "resnet18*")
     assert again.code == 0 and "indexing" not in again.err and again.out == first.out
+
+
+def checkpoint_names(run_dir: str) -> set[str]:
+    return {path.name for path in Path(run_dir, "checkpoints").iterdir()}
+
+
+def test_retention_keeps_exactly_the_checkpoints_chosen_and_each_loads(zoo, image_folder):
+    two_stages = ("--recipe", "multigriddet-backbone", *FAST, "--data", image_folder, "--set", "stages.*.epochs=1")
+    assert zoo("finetune", *two_stages, "--run-dir", "default").code == 0
+    assert checkpoint_names("default") == {"last.pt", "last.prev.pt", "best.pt"}
+    assert zoo("finetune", *two_stages, "--run-dir", "all", "--keep", "last,best,stages").code == 0
+    assert checkpoint_names("all") == {"last.pt", "last.prev.pt", "best.pt", "stage-0-frozen-backbone.pt", "stage-1-all.pt"}
+    assert zoo("finetune", *two_stages, "--run-dir", "lean", "--keep", "best").code == 0
+    assert checkpoint_names("lean") == {"best.pt"}
+    for name in checkpoint_names("all"):
+        content = torch.load(Path("all/checkpoints", name), weights_only=True)
+        assert content["model_state_dict"] and content["provenance"]["model"].startswith(MODEL)
+        # resume-only state (optimizer, RNG, engine) lives in last.pt alone
+        assert ("optimizer_state_dict" in content) == name.startswith("last")
+    evaluated = zoo("eval", "all/checkpoints/stage-0-frozen-backbone.pt", "--data", image_folder, "--json")
+    assert evaluated.code == 0, evaluated.err
+    assert zoo("export", "all/checkpoints/stage-1-all.pt", "-o", "stage.safetensors").code == 0
+    sizes = {name: Path("all/checkpoints", name).stat().st_size for name in checkpoint_names("all")}
+    assert sizes["stage-1-all.pt"] < sizes["last.pt"]  # no optimizer state
+
+
+def test_keep_with_an_unknown_name_is_one_line(zoo, image_folder):
+    result = zoo("finetune", "--recipe", "linear-probe", *FAST, "--data", image_folder, "--keep", "last,everything")
+    assert result.code == 2 and "--keep takes some of last, best, stages" in result.err and "'last,everything'" in result.err
+    assert len(result.err.strip().splitlines()) == 1 and not Path("runs").exists()

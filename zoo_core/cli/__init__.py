@@ -196,6 +196,10 @@ def _training_commands(command: Command) -> None:
     sub.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
     sub.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND", help="torch.compile the model")
     sub.add_argument("--no-cache", action="store_true", help="never cache backbone features")
+    sub.add_argument(
+        "--keep", default="last,best", metavar="LIST",
+        help="checkpoints that stay: last (resumable, with optimizer state), best, stages (one per stage); default last,best",
+    )  # fmt: skip
     sub.add_argument("--seed", type=int)
     sub.add_argument(
         "--detector", help="detection head over the backbone: fcos (default), retinanet, fasterrcnn, multigrid"

@@ -49,7 +49,7 @@ def run_options(args: Any) -> Any:
         val_fraction=args.val_fraction, workers=args.workers, device=args.device, compile_backend=args.compile,
         use_cache=not args.no_cache, seed=args.seed, detector=args.detector, classes=parse_classes(args.classes),
         data_format=args.data_format, cache_images=args.cache_images or 0, cache_budget=args.cache_budget,
-        strategy=args.strategy,
+        strategy=args.strategy, keep=args.keep,
     )  # fmt: skip
 
 

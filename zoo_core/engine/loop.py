@@ -134,6 +134,8 @@ class Engine:
             self.setup.close()
             if self._tensorboard is not None:
                 self._tensorboard.close()
+        if self.dist.is_main and "last" not in self.context.options.keep:
+            self.folder.drop_last()  # written every epoch for --resume; not kept once the run has ended
         best_path = self.folder.best() if self.folder.best().exists() else None
         last_path = self.folder.last() if self.folder.last().exists() else None
         return RunResult(self.folder.path, best_path, last_path, self.state.best.to_dict(), self.state.history, stopped)
@@ -354,10 +356,12 @@ class Engine:
             if self._tensorboard is not None:
                 self._tensorboard.write(row, row["epoch"])
             content = checkpoint_content(self.state, self.trained, row, gathered=gathered)
-            if finished_stage is not None:
+            keep = self.context.options.keep
+            if finished_stage is not None and "stages" in keep:  # weights and metadata: resuming reads last.pt
                 name = f"stage-{finished_stage}-{self.recipe.stages[finished_stage].name or 'stage'}"
-                self._saved(self.folder.save("stage", content, name), "stage")
-            if improved:
+                weights = checkpoint_content(self.state, self.trained, row, full=False, gathered=gathered)
+                self._saved(self.folder.save("stage", weights, name), "stage")
+            if improved and "best" in keep:
                 stage = self.recipe.stages[row["stage"]]
                 best = checkpoint_content(self.state, self.trained, row, weights=self._eval_model(stage), full=False, gathered=gathered)
                 self._saved(self.folder.save("best", best), "best")

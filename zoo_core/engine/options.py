@@ -35,6 +35,19 @@ def _fraction_between(instance: Any, attribute: attrs.Attribute, value: float) -
         raise RunError(f"--val-fraction must be between 0 and 1, got {value}")
 
 
+KEPT_CHECKPOINTS = ("last", "best", "stages")
+DEFAULT_KEEP = frozenset({"last", "best"})
+
+
+def _keep(value: Any) -> frozenset[str]:
+    """``--keep last,best,stages`` (a comma-separated string or names) as a set, every name checked."""
+    names = [name.strip() for name in value.split(",")] if isinstance(value, str) else list(value)
+    unknown = [name for name in names if name not in KEPT_CHECKPOINTS]
+    if unknown or not names:
+        raise RunError(f"--keep takes some of {', '.join(KEPT_CHECKPOINTS)} separated by commas (e.g. last,best), got {value!r}")
+    return frozenset(names)
+
+
 def _size(value: Any, flag: str) -> int | None:
     return None if value is None else parse_size(value, what=flag)
 
@@ -69,6 +82,7 @@ class RunOptions:
     cache_images: int = attrs.field(default=0, converter=lambda value: _size(value, "--cache-images"))  # bytes; 0: off
     cache_budget: int | None = attrs.field(default=None, converter=lambda value: _size(value, "--cache-budget"))  # None: default_budget
     strategy: Strategy = attrs.field(default=Strategy.DDP, converter=Strategy)  # how several processes hold the model
+    keep: frozenset[str] = attrs.field(default=DEFAULT_KEEP, converter=_keep)  # the checkpoints that stay (--keep)
 
     @classmethod
     def of(cls, recipe: str, model: str, data: str | Path, **choices: Any) -> RunOptions:

@@ -8,7 +8,8 @@ Layout::
     RUN/baseline.json     the starting weights' validation losses and metrics, before any step
     RUN/metrics.jsonl     one row per epoch
     RUN/failed.json       what stopped the run, when an error did (``zoo runs``)
-    RUN/checkpoints/last.pt, last.prev.pt, best.pt, stage-<i>-<name>.pt
+    RUN/checkpoints/last.pt, last.prev.pt   everything --resume needs (optimizer state included)
+    RUN/checkpoints/best.pt, stage-<i>-<name>.pt   weights and metadata, as --keep chooses
 
 ``last.pt`` is rotated to ``last.prev.pt`` before each new one is written (atomically), so a
 good checkpoint exists at every instant; resuming falls back through them and says so.
@@ -145,6 +146,8 @@ class RunFolder:
             except CheckpointError as exc:
                 problems.append(str(exc))
                 continue
+            if "optimizer_state_dict" not in content:  # weights only (an older stage checkpoint): cannot continue
+                continue
             if problems:
                 log.warning("%s; resuming from the previous good checkpoint %s instead", "; ".join(problems), path.name)
             return content, path
@@ -153,6 +156,11 @@ class RunFolder:
         return None
 
     # -- saving ------------------------------------------------------------------------------------
+
+    def drop_last(self) -> None:
+        """Remove ``last.pt`` and its fallback (``--keep`` without ``last``, after the run)."""
+        for path in (self.last(), self.checkpoints / "last.prev.pt"):
+            path.unlink(missing_ok=True)
 
     def save(self, kind: str, content: Mapping[str, Any], name: str | None = None) -> Path:
         """Save ``last``, ``best`` or a ``stage`` checkpoint (the engine checks the weights are finite first)."""
