@@ -174,3 +174,28 @@ def test_keep_with_an_unknown_name_is_one_line(zoo, image_folder):
     result = zoo("finetune", "--recipe", "linear-probe", *FAST, "--data", image_folder, "--keep", "last,everything")
     assert result.code == 2 and "--keep takes some of last, best, stages" in result.err and "'last,everything'" in result.err
     assert len(result.err.strip().splitlines()) == 1 and not Path("runs").exists()
+
+
+def test_the_summary_block_counts_what_it_found_and_names_a_class_missing_from_val(zoo, tmp_path):
+    data = write_image_folder(tmp_path / "data", classes=3, per_class=6)
+    import shutil
+
+    shutil.rmtree(data / "val" / "class2")  # the class trains, and val has none of it
+    result = finetune(zoo, data, "run")
+    assert result.code == 0, result.err
+    err = result.err
+    assert f"data    {data} (image-folder: train/ and val/ folders): 3 classes, 18 train and 4 val images" in err
+    assert "per class (train/val): class0 6/2, class1 6/2, class2 6/0" in err
+    assert "no val images of: class2" in err and "zoo: WARNING:" in err  # and the warning itself
+    assert "model   timm:test_resnet" in err and "random initialisation" in err
+    assert "  0 probe: 2 epochs, trains head" in err and "device  cpu, fp32" in err
+
+
+def test_a_piped_run_logs_one_line_per_epoch_with_the_time_left(zoo, image_folder):
+    result = zoo("finetune", "--recipe", "multigriddet-backbone", *FAST, "--data", image_folder, "--run-dir", "run",
+                 "--set", "stages.*.epochs=2")  # fmt: skip
+    assert result.code == 0, result.err
+    epoch_lines = [line for line in result.err.splitlines() if " epoch " in line and "train_loss" in line]
+    assert len(epoch_lines) == 4
+    assert "ETA stage" in epoch_lines[0] and "run " in epoch_lines[0] and epoch_lines[-1].endswith("last epoch")
+    assert sum("stage 0: training" in line or "stage 1: training" in line for line in result.err.splitlines()) == 2

@@ -79,6 +79,7 @@ def _seeded_split(items: list[tuple[Path, int]], fraction: float, seed: int) -> 
 
 # timm's names for PIL's filters, as the nearest filter tensors have
 _INTERPOLATIONS = {"nearest": "nearest", "bilinear": "bilinear", "bicubic": "bicubic", "lanczos": "bicubic", "box": "bilinear", "hamming": "bilinear"}
+MAX_CLASSES_LISTED = 12  # above this, the summary gives the range of images per class
 JPEG_DRAFT_FACTOR = 2  # decode a JPEG at 1/2, 1/4 or 1/8 scale when it is at least this much larger than needed
 
 
@@ -306,6 +307,24 @@ class ClassificationTask:
 
     def num_classes(self, data: TaskData) -> int:
         return len(data.class_names)
+
+    def describe_data(self, data: TaskData) -> list[str]:
+        """The summary's data lines: the layout read, images per split and per class."""
+        counts = {part: [0] * len(data.class_names) for part in ("train", "val")}
+        for part, items in (("train", data.train), ("val", data.val)):
+            for _, label in items:
+                counts[part][label] += 1
+        lines = [f"data    {data.root} ({data.split}): {len(data.class_names)} classes, {len(data.train)} train and {len(data.val)} val images"]
+        if len(data.class_names) <= MAX_CLASSES_LISTED:
+            pairs = ", ".join(f"{name} {counts['train'][i]}/{counts['val'][i]}" for i, name in enumerate(data.class_names))
+            lines.append(f"        per class (train/val): {pairs}")
+        else:
+            spread = {part: (min(values), max(values)) for part, values in counts.items()}
+            lines.append(f"        per class: {spread['train'][0]}–{spread['train'][1]} train, {spread['val'][0]}–{spread['val'][1]} val")
+        empty = [name for i, name in enumerate(data.class_names) if counts["val"][i] == 0]
+        if empty:
+            lines.append(f"        no val images of: {', '.join(empty)} (their accuracy is not measured)")
+        return lines
 
     def dataset(
         self, data: TaskData, split: str, *, input_config: InputConfig, augment: Mapping[str, Any], image_cache: Any = None

@@ -162,6 +162,22 @@ class DetectionTask:
         training = split == "train"
         return DetectionDataset(data.train if training else data.val, input_config, augment if training else {}, image_cache)
 
+    def describe_data(self, data: TaskData) -> list[str]:
+        """The summary's data lines: images and boxes per split, boxes per class."""
+        boxes = {part: [0] * len(data.class_names) for part in ("train", "val")}
+        for part, records in (("train", data.train), ("val", data.val)):
+            for record in records:
+                for label in record.labels.tolist():
+                    boxes[part][label] += 1
+        total = {part: sum(values) for part, values in boxes.items()}
+        pairs = ", ".join(f"{name} {boxes['train'][i]}/{boxes['val'][i]}" for i, name in enumerate(data.class_names[:12]))
+        more = f" and {len(data.class_names) - 12} more" if len(data.class_names) > 12 else ""
+        return [
+            f"data    {data.root} ({data.split}): {len(data.class_names)} classes, {len(data.train)} train images ({total['train']} boxes), "
+            f"{len(data.val)} val images ({total['val']} boxes)",
+            f"        boxes per class (train/val): {pairs}{more}",
+        ]
+
     def collate(self, items: Sequence[Any]) -> Any:
         from .data import collate
 

@@ -9,8 +9,9 @@ from .common import print_json, registry_for, table
 
 
 def cmd_demo(args: Any) -> int:
-    if not args.json:
-        logging.getLogger("zoo_core.demo").setLevel(logging.INFO)
+    if not args.json:  # the phases, and one line per epoch: minutes of pretraining are never silent
+        for name in ("zoo_core.demo", "zoo_core.engine"):
+            logging.getLogger(name).setLevel(logging.INFO)
     if args.task != "classification":
         return _task_demo(args)
     from ..demo import run_demo

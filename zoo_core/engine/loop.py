@@ -37,6 +37,7 @@ from .schedule import TrainingSchedule, lr_factor
 from .setup import StageSetup
 from .state import Position, RunState, Trained, checkpoint_content, restore, seed_everything
 from .strategy import Strategy, is_sharded, model_state, optimizer_state, shard
+from .summary import FIRST_STEPS_TIMED, Eta, duration, summary_block
 from .task import Task, TaskData
 
 log = logging.getLogger(__name__)
@@ -120,6 +121,8 @@ class Engine:
             device=device, dist=context.dist, options=context.options, hook=context.hook, folder=context.folder.path,
         )  # fmt: skip
         self._tensorboard = TensorBoardWriter(context.folder.path / "tensorboard") if context.dist.is_main else None
+        self.eta = Eta(recipe)
+        self._estimated_first_epoch = False
 
     @property
     def trained(self) -> Trained:
@@ -141,6 +144,8 @@ class Engine:
         return RunResult(self.folder.path, best_path, last_path, self.state.best.to_dict(), self.state.history, stopped)
 
     def _run_stages(self, resume: Mapping[str, Any] | None) -> Stop | None:
+        if self.dist.is_main:
+            log.info("%s", self._summary())
         if resume is not None:
             self._restore(resume)
         else:
@@ -155,6 +160,21 @@ class Engine:
             if stopped is not None and stopped.ends_run:
                 break
         return stopped
+
+    def _summary(self) -> str:
+        context, task = self.context, self.task
+        describe = getattr(task, "describe_data", None)
+        data = context.data
+        data_lines = describe(data) if callable(describe) else [f"data    {data.root} ({data.split}): {len(data.train)} train and {len(data.val)} val items"]
+        first = self.recipe.stages[0]
+        transforms = getattr(task, "describe_transforms", None)
+        inputs = transforms(context.input_config, first.augment) if callable(transforms) else context.input_config.describe()
+        order = [group.name for group in self.groups]
+        trainable = [[name for name in order if name in context.schedule.trainable(i, 0)] for i in range(len(self.recipe.stages))]
+        return summary_block(
+            data_lines=data_lines, model=context.info.model, provenance=context.provenance, recipe=self.recipe, trainable=trainable,
+            device=context.device.to_dict(), world_size=self.dist.world_size, inputs=inputs, run_dir=str(self.folder.path),
+        )  # fmt: skip
 
     def _run_stage(self, stage_index: int, stage: Stage) -> Stop | None:
         position = self.state.position
@@ -247,6 +267,7 @@ class Engine:
         where = f"stage {stage_index} epoch {epoch_in_stage + 1}"
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         description = f"stage {stage_index} ({stage.name}) {epoch_in_stage + 1}/{stage.epochs}"
+        started = time.perf_counter()
         for index, batch in enumerate(progress(batches(loader), total=steps, description=description, enabled=self.dist.is_main)):
             apply_learning_rates(self.optimizer, setup.rates, lr_factor(stage, epoch_in_stage * steps + index, steps))
             batch = self.task.to_device(batch, device.device, device.channels_last and setup.cached is None)
@@ -260,6 +281,11 @@ class Engine:
                 _clear_grads(trainable)
                 continue
             self._step(loss, stage, trainable)
+            if not self._estimated_first_epoch and index + 1 == FIRST_STEPS_TIMED and steps > FIRST_STEPS_TIMED:
+                self._estimated_first_epoch = True
+                if self.dist.is_main:
+                    per_step = (time.perf_counter() - started) / FIRST_STEPS_TIMED
+                    log.info("first epoch: about %s (%d steps, %.0f ms each so far)", duration(per_step * steps), steps, per_step * 1000)
             size = self.task.batch_size(batch)
             for name, value in losses.items():
                 totals[name] = totals.get(name, 0.0) + float(value.detach()) * size
@@ -324,7 +350,7 @@ class Engine:
         self.state.history.append(row)
         self.state.nonfinite_skipped = self.nonfinite.skipped
         if self.dist.is_main:
-            log.info(format_row(row))
+            log.info("%s  %s", format_row(row), self.eta.after(stage_index, epoch_in_stage, seconds))
         return row
 
     def _save_epoch(self, row: Mapping[str, Any], improved: bool, *, finished_stage: int | None) -> None:
