@@ -24,7 +24,8 @@ import zoo_core
 MODEL = "timm:test_resnet"
 RECIPE = "multigriddet-backbone"
 OVERRIDES = ("stages.0.epochs=2", "stages.1.epochs=1", "batch_size=8", "stages.*.augment={}")
-ARGS = ("--recipe", RECIPE, "--model", MODEL, "--no-pretrained", "--image-size", "32", *(f"--set={o}" for o in OVERRIDES))
+KEEP = ("last", "best", "stages")  # every kind of checkpoint, so that a kill can follow each
+ARGS = ("--recipe", RECIPE, "--model", MODEL, "--no-pretrained", "--image-size", "32", "--keep", ",".join(KEEP), *(f"--set={o}" for o in OVERRIDES))
 POSITION_KEYS = ("epoch", "stage", "epoch_in_stage", "step", "val_loss")
 
 KILLER = '''"""Test plugin: SIGKILL this process right after the N-th checkpoint write (N from the environment)."""
@@ -74,7 +75,7 @@ def assert_same_checkpoints(run_dir: Path, reference: Path, where: str) -> None:
 def run_api(data: Path, run_dir: Path, **kwargs: Any) -> Any:
     from zoo_core.engine.api import finetune
 
-    return finetune(RECIPE, MODEL, data, run_dir=run_dir, overrides=list(OVERRIDES), pretrained=False, image_size=32, **kwargs)
+    return finetune(RECIPE, MODEL, data, run_dir=run_dir, overrides=list(OVERRIDES), pretrained=False, image_size=32, keep=KEEP, **kwargs)
 
 
 @pytest.fixture(scope="module")
