@@ -236,7 +236,7 @@ def test_two_processes_on_one_run_folder_one_runs_the_other_is_refused(resume: b
     assert len(errors) == 1 and "Traceback" not in refused_err, refused_err
     assert f"{run_dir}: this run folder is in use by pid " in errors[0] and "choose another --run-dir" in errors[0]
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert [row["epoch"] for row in rows] == [0, 1, 2]
+    assert [row["epoch"] for row in rows] == [1, 2, 3]
     assert torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 3
     assert not list((run_dir / "checkpoints").glob(".*.tmp"))
 
