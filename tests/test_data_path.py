@@ -152,15 +152,19 @@ def test_finetune_with_an_unreadable_image_exits_2_with_its_line(zoo, tmp_path):
     broken.write_bytes(b"\x89PNG broken")
     result = zoo("finetune", "--recipe", "linear-probe", "--model", "timm:test_resnet", "--no-pretrained", "--image-size", "32",
                  "--data", root, "--workers", "1", "--run-dir", "run")  # fmt: skip
-    assert_one_error(result, str(broken), "cannot read this image")
+    # the image is found broken when it is first read, after the run's summary block
+    errors = [line for line in result.err.splitlines() if line.startswith("zoo: error:")]
+    assert result.code == 2 and errors == [result.err.strip().splitlines()[-1]] and "Traceback" not in result.err
+    assert str(broken) in errors[0] and "cannot read this image" in errors[0]
+    assert not Path("run").exists()  # nothing to resume: the folder is gone
 
 
 def test_the_default_worker_count_leaves_a_core_for_training(monkeypatch):
     monkeypatch.setattr("os.cpu_count", lambda: 16)
-    assert (default_workers(1), default_workers(2), default_workers(16)) == (8, 7, 0)
+    assert (default_workers(1), default_workers(2), default_workers(4), default_workers(16)) == (8, 7, 3, 0)
     assert default_workers(1, items=100) == 0  # starting workers would cost more than they save
     monkeypatch.setattr("os.cpu_count", lambda: 2)
-    assert default_workers(1) == 1
+    assert default_workers(1) == 0  # a worker would take a core the training process computes on
 
 
 def test_a_cache_larger_than_shared_memory_is_cut_with_a_warning(monkeypatch, caplog):
@@ -174,7 +178,7 @@ def test_a_cache_larger_than_shared_memory_is_cut_with_a_warning(monkeypatch, ca
 def test_finetune_with_an_image_cache_trains_as_without(zoo, image_folder):
     common = ("finetune", "--recipe", "linear-probe", "--model", "timm:test_resnet", "--no-pretrained", "--image-size", "32",
               "--data", image_folder, "--set", "stages.0.epochs=2", "--no-cache", "--workers", "1")  # fmt: skip
-    assert zoo(*common, "--run-dir", "plain").code == 0
+    assert zoo(*common, "--run-dir", "plain", "--cache-images", "0").code == 0
     assert zoo(*common, "--run-dir", "cached", "--cache-images", "50MB").code == 0
     plain, cached = (torch.load(Path(run, "checkpoints", "last.pt"), weights_only=True)["model_state_dict"] for run in ("plain", "cached"))
     assert all(torch.equal(plain[key], cached[key]) for key in plain)
@@ -198,3 +202,11 @@ def test_detection_images_share_the_cache_and_come_back_the_same(tmp_path):
     for index in range(len(plain)):
         (image, target, _), (again, target_again, _) = plain[index], cached[index]
         assert torch.equal(image, again) and torch.equal(target["boxes"], target_again["boxes"])
+
+
+def test_small_data_sets_are_cached_without_asking_and_large_ones_are_not():
+    from zoo_core.engine.setup import auto_cache_budget
+
+    digits = auto_cache_budget(900, InputConfig(size=32))  # the demo's digits: about 5 MB decoded
+    assert 0 < digits < 10**7
+    assert auto_cache_budget(1_281_167, InputConfig(size=224)) == 0  # ImageNet: streamed

@@ -187,7 +187,8 @@ def _training_commands(command: Command) -> None:
     sub.add_argument("--workers", type=_whole_number(0), help="data-loading processes per training process (default: from the CPU count)")
     sub.add_argument(
         "--cache-images", metavar="SIZE", default=None,
-        help="keep decoded images in a cache shared by the data workers, up to SIZE (e.g. 2GB; default: off)",
+        help="keep decoded images in a cache shared by the data workers, up to SIZE (e.g. 2GB; 0: never; "
+        "default: when the data set's decoded images fit in 1 GB, or a tenth of free memory if less)",
     )  # fmt: skip
     sub.add_argument(
         "--cache-budget", metavar="SIZE",

@@ -48,7 +48,7 @@ def run_options(args: Any) -> Any:
         overrides=args.set, pretrained=args.pretrained, image_size=args.image_size, in_chans=args.in_chans,
         val_fraction=args.val_fraction, workers=args.workers, device=args.device, compile_backend=args.compile,
         use_cache=not args.no_cache, seed=args.seed, detector=args.detector, classes=parse_classes(args.classes),
-        data_format=args.data_format, cache_images=args.cache_images or 0, cache_budget=args.cache_budget,
+        data_format=args.data_format, cache_images=args.cache_images, cache_budget=args.cache_budget,
         strategy=args.strategy, keep=args.keep,
     )  # fmt: skip
 

@@ -26,16 +26,20 @@ MAX_DEFAULT_WORKERS = 8
 
 
 MIN_ITEMS_FOR_WORKERS = 512  # below this, reading in-process costs less than starting workers (~0.2 s each)
+MIN_CPUS_FOR_WORKERS = 4  # with fewer per process, workers take the cores training computes on
 
 
 def default_workers(world_size: int = 1, items: int | None = None) -> int:
     """DataLoader workers per process when the user does not say: the CPUs left per process after
     the training process itself, at most ``MAX_DEFAULT_WORKERS``; none for fewer than
-    ``MIN_ITEMS_FOR_WORKERS`` items."""
+    ``MIN_ITEMS_FOR_WORKERS`` items, or fewer than ``MIN_CPUS_FOR_WORKERS`` CPUs per process
+    (measured on two cores: a worker beside the training process made each epoch slower)."""
     if items is not None and items < MIN_ITEMS_FOR_WORKERS:
         return 0
     per_process = (os.cpu_count() or 1) // max(world_size, 1)
-    return max(0, min(MAX_DEFAULT_WORKERS, per_process - 1))
+    if per_process < MIN_CPUS_FOR_WORKERS:
+        return 0
+    return min(MAX_DEFAULT_WORKERS, per_process - 1)
 
 
 def item_seed(epoch_seed: int, index: int) -> int:

@@ -79,7 +79,8 @@ class RunOptions:
     detector: str | None = None  # a detector tier for --task detection: NAME+detector/DETECTOR
     classes: tuple[str, ...] | None = attrs.field(default=None, converter=lambda value: None if value is None else tuple(value))
     data_format: str | None = None  # a dataset reader's name (--data-format); None: recognised from the data
-    cache_images: int = attrs.field(default=0, converter=lambda value: _size(value, "--cache-images"))  # bytes; 0: off
+    # bytes; 0: off; None: on when the decoded data fits within setup.AUTO_IMAGE_CACHE, else off
+    cache_images: int | None = attrs.field(default=None, converter=lambda value: None if value in (None, "auto") else _size(value, "--cache-images"))
     cache_budget: int | None = attrs.field(default=None, converter=lambda value: _size(value, "--cache-budget"))  # None: default_budget
     strategy: Strategy = attrs.field(default=Strategy.DDP, converter=Strategy)  # how several processes hold the model
     keep: frozenset[str] = attrs.field(default=DEFAULT_KEEP, converter=_keep)  # the checkpoints that stay (--keep)

@@ -27,6 +27,7 @@ from ..errors import RunError
 from ..freeze import apply_freeze
 from ..groups import LayerGroups
 from ..imagecache import SharedImageCache
+from ..sizes import available_memory
 from ..specs import Recipe, Stage
 from .cache import FeatureStore, HeadSplit, IndexDataset, cached_collate, compute_features, default_budget, plan_cache
 from .device import DeviceConfig
@@ -39,6 +40,18 @@ from .task import Task, TaskData
 log = logging.getLogger(__name__)
 
 FEATURE_SPILL_DIR = "feature-cache"  # in the run folder, while a stage's features are spilled to disk
+AUTO_IMAGE_CACHE = 10**9  # bytes: data sets whose decoded images fit are cached without --cache-images
+
+
+def auto_cache_budget(images: int, config: Any) -> int:
+    """The image cache for ``images`` without ``--cache-images``: room for them all when their decoded
+    size (estimated as 4:3 images, the shorter side resized for ``config``) fits within 1 GB, or a
+    tenth of free memory if less; else none."""
+    free = available_memory()
+    limit = min(AUTO_IMAGE_CACHE, free // 10) if free else AUTO_IMAGE_CACHE
+    side = config.resize_size
+    estimate = images * config.channels * side * (side * 4 // 3)
+    return int(estimate * 1.25) if estimate <= limit else 0  # the margin: images wider than 4:3
 
 
 class HeadRunner(nn.Module):
@@ -91,13 +104,21 @@ class StageSetup:
         self._val_loader: tuple[int, torch.utils.data.DataLoader] | None = None
 
     def _image_caches(self) -> dict[str, SharedImageCache]:
-        """One shared cache per split, ``--cache-images`` bytes between them in proportion to their images."""
+        """One shared cache per split, ``--cache-images`` bytes between them in proportion to their images.
+
+        Without ``--cache-images``, a data set whose decoded images (estimated from the input
+        size) fit within :func:`auto_image_cache` is cached whole, and a larger one not at all:
+        small sets skip decoding after the first epoch, memory does not grow with large ones.
+        """
         budget = self.options.cache_images
+        supported = "image_cache" in inspect.signature(self.task.dataset).parameters
+        counts = {"train": len(self.data.train), "val": len(self.data.val)}
+        if budget is None:
+            budget = auto_cache_budget(sum(counts.values()), self.input_config) if supported else 0
         if not budget:
             return {}
-        if "image_cache" not in inspect.signature(self.task.dataset).parameters:
+        if not supported:
             raise RunError(f"--cache-images: task '{self.task.name}' keeps no decoded images (its dataset takes no image_cache); leave it out")
-        counts = {"train": len(self.data.train), "val": len(self.data.val)}
         total = max(sum(counts.values()), 1)
         return {split: SharedImageCache(count, budget * count // total) for split, count in counts.items()}
 
