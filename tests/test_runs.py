@@ -186,7 +186,7 @@ def test_the_summary_block_counts_what_it_found_and_names_a_class_missing_from_v
     err = result.err
     assert f"data    {data} (image-folder: train/ and val/ folders): 3 classes, 18 train and 4 val images" in err
     assert "per class (train/val): class0 6/2, class1 6/2, class2 6/0" in err
-    assert "no val images of: class2" in err and "zoo: WARNING:" in err  # and the warning itself
+    assert "zoo: WARNING:" in err and "no images of class 'class2' among the validation images" in err
     assert "model   timm:test_resnet" in err and "random initialisation" in err
     assert "  0 probe: 2 epochs, trains head" in err and "device  cpu, fp32" in err
 

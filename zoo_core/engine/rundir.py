@@ -146,7 +146,7 @@ class RunFolder:
             except CheckpointError as exc:
                 problems.append(str(exc))
                 continue
-            if "optimizer_state_dict" not in content:  # weights only (an older stage checkpoint): cannot continue
+            if path.name.startswith("stage-") and "optimizer_state_dict" not in content:  # weights only: cannot continue
                 continue
             if problems:
                 log.warning("%s; resuming from the previous good checkpoint %s instead", "; ".join(problems), path.name)
