@@ -124,10 +124,18 @@ def test_fsdp_units_follow_the_layer_groups():
 # -- real processes -----------------------------------------------------------------------------------------
 
 
+_given: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    """A free port on 127.0.0.1 that no other run of this module was given (two runs at one port would meet)."""
+    while True:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        if port not in _given:
+            _given.add(port)
+            return port
 
 
 def start(*argv: object, cwd: Path) -> subprocess.Popen:
@@ -187,11 +195,11 @@ def test_two_nodes_resume_a_killed_run_exactly(workspace, scale_data):
     for process in nodes:  # kill -9 both machines' agents and workers
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
-    resumed = two_nodes(workspace, scale_data, run_dir, "--set", "stages.0.epochs=3", "--resume")
-    whole = two_nodes(workspace, scale_data, workspace / "whole", "--set", "stages.0.epochs=3")
-    for process in (*resumed, *whole):
-        code, err = finish(process)
-        assert code == 0, err
+    for group in (run_dir, workspace / "whole"):  # one pair of nodes at a time: two cores
+        extra = ("--resume",) if group == run_dir else ()
+        for process in two_nodes(workspace, scale_data, group, "--set", "stages.0.epochs=3", *extra):
+            code, err = finish(process)
+            assert code == 0, err
     assert_same_tensors(last_weights(run_dir), last_weights(workspace / "whole"))
 
 

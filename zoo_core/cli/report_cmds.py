@@ -8,6 +8,7 @@ from typing import Any
 from ..errors import ZooError
 from ..paths import display
 from ..report import build_report
+from ..sizes import format_size
 from .common import print_json, registry_for, table
 
 MARKS = {True: "PASS", False: "FAIL", None: "INFO"}
@@ -84,12 +85,6 @@ def cmd_report(args: Any) -> int:
 
 
 
-def _size(count: int) -> str:
-    from ..sizes import format_size
-
-    return format_size(count)
-
-
 def cmd_runs(args: Any) -> int:
     from ..runs import clean, list_runs, removable
 
@@ -108,11 +103,11 @@ def cmd_runs(args: Any) -> int:
     rows = []
     for run in runs:
         best = f"{run.best['metric']} {run.best['value']:.4f} (epoch {run.best['epoch']})" if run.best else "-"
-        rows.append((display(run.path), run.model, run.recipe, run.status, f"{run.epochs_run}/{run.epochs}", best, _size(run.size)))
+        rows.append((display(run.path), run.model, run.recipe, run.status, f"{run.epochs_run}/{run.epochs}", best, format_size(run.size)))
     print(table(rows, ("RUN", "MODEL", "RECIPE", "STATUS", "EPOCHS", "BEST", "SIZE")))
     for run in runs:
         if run.error:
             print(f"{display(run.path)} failed: {run.error}")
     if args.clean:
-        print(f"cleaned {len(freed)} finished runs, {_size(sum(freed.values()))} freed" if freed else "nothing to clean")
+        print(f"cleaned {len(freed)} finished runs, {format_size(sum(freed.values()))} freed" if freed else "nothing to clean")
     return 0

@@ -145,7 +145,8 @@ class Engine:
 
     def _run_stages(self, resume: Mapping[str, Any] | None) -> Stop | None:
         if self.dist.is_main:
-            log.info("%s", self._summary())
+            for line in self._summary().splitlines():  # one record per line: each carries the log prefix
+                log.info("%s", line)
         if resume is not None:
             self._restore(resume)
         else:
