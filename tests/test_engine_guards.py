@@ -192,6 +192,17 @@ def test_nonfinite_weights_are_never_saved(zoo, faulty, data):
         assert all_finite(checkpoint(path.name)["model_state_dict"]), path.name
 
 
+def test_a_nonfinite_gradient_norm_names_the_group_and_the_step_where_it_first_appeared(zoo, faulty, data):
+    faulty(str(2 * STEPS_PER_EPOCH), fault="gradient")  # finite loss, NaN gradients at the second epoch's last step
+    result = probe(zoo, data)
+    (warning,) = [line for line in result.err.splitlines() if "NaN or infinite at step" in line]
+    assert warning.startswith(
+        f"zoo: WARNING: stage 0 (probe) epoch 2: the gradient norm of 'head' was NaN or infinite at step {STEPS_PER_EPOCH} of the epoch first (1 step in all)"
+    )
+    (line,) = error_lines(result.err)  # and then the weights it poisoned are refused, as before
+    assert "NaN or infinite values in fc." in line
+
+
 # --- bad input: exit 2, one line, nothing written -------------------------------------------------------------
 
 

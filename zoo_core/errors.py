@@ -70,6 +70,22 @@ class RunError(ZooError):
     """A run folder cannot be resumed or a run had to stop."""
 
 
+class FrozenMovedError(RunError):
+    """Tensors of a frozen group (or pinned BatchNorm statistics) changed during an epoch; ``names`` are they."""
+
+    def __init__(self, message: str, names: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.names = names
+
+
+class GroupNotLearningError(RunError):
+    """A group that trains in a stage got no gradient or did not change (``--strict-groups``)."""
+
+    def __init__(self, message: str, group: str = "") -> None:
+        super().__init__(message)
+        self.group = group
+
+
 def did_you_mean(name: str, candidates: Iterable[str]) -> str:
     """Return ``" - did you mean 'x'?"`` for the closest candidate, or an empty string."""
     matches = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)

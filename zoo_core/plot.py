@@ -116,3 +116,62 @@ def _plot_drift(axis: object, run_dir: Path, history: list[dict], names: Sequenc
     axis.set_ylabel("val loss / before training")
     axis.set_title(f"{label}: loss components (shaded: drift band)", fontsize=9)
     axis.legend(fontsize=7)
+
+
+def gradient_groups(history: Sequence[dict], order: Sequence[str] = ()) -> list[str]:
+    """The groups with gradient figures in a run's metrics: in ``order`` (the model's, from
+    ``groups.json``), then any other in the order they first appear."""
+    seen: dict[str, None] = {}
+    for row in history:
+        for key in row:
+            if key.startswith("grad_norm/"):
+                seen.setdefault(key.removeprefix("grad_norm/"), None)
+    return [name for name in order if name in seen] + [name for name in seen if name not in order]
+
+
+def plot_gradients(run_dir: Path, output: Path) -> Path:
+    """Each group's gradient norm (mean over the epoch's steps; the dashed line its largest) and
+    update-to-weight ratio per epoch, on a log scale, stage boundaries marked. A frozen group has no
+    point in the epochs it is frozen, so a gap is a group that stood still as it should."""
+    history = read_history(Path(run_dir))
+    listed = Path(run_dir) / "groups.json"
+    order = [group["name"] for group in json.loads(listed.read_text())] if listed.is_file() else []
+    groups = gradient_groups(history, order)
+    if not groups:
+        raise ZooError(f"{run_dir}: its metrics.jsonl has no gradient figures; they are written by `zoo finetune` unless --no-gradient-flow")
+    plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+    from matplotlib.transforms import blended_transform_factory
+
+    figure, (norm_axis, ratio_axis) = plt.subplots(1, 2, figsize=(11, 4.2))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for index, group in enumerate(groups):
+        colour = colours[index % len(colours)]
+        points = [(row["epoch"], row) for row in history if f"grad_norm/{group}" in row]
+        epochs = [epoch for epoch, _ in points]
+        positive = lambda values: [value if value and value > 0 else float("nan") for value in values]  # noqa: E731 (log scale)
+        norm_axis.plot(epochs, positive([row[f"grad_norm/{group}"] for _, row in points]), marker="o", markersize=3, color=colour, label=group)
+        norm_axis.plot(epochs, positive([row.get(f"grad_norm_max/{group}") for _, row in points]), linestyle="--", color=colour, alpha=0.4)
+        ratio_axis.plot(epochs, positive([row.get(f"update_ratio/{group}") for _, row in points]), marker="o", markersize=3, color=colour, label=group)
+        for axis, key in ((norm_axis, "grad_norm"), (ratio_axis, "update_ratio")):  # zero has no place on a log scale: an x at the bottom
+            zero = [epoch for epoch, row in points if row.get(f"{key}/{group}") == 0]
+            if zero:
+                axis.plot(zero, [0.03] * len(zero), marker="x", linestyle="none", color=colour, label=f"{group}: zero",
+                          transform=blended_transform_factory(axis.transData, axis.transAxes))  # fmt: skip
+    for previous, row in zip(history, history[1:]):
+        if row["stage"] != previous["stage"]:
+            for axis in (norm_axis, ratio_axis):
+                axis.axvline(row["epoch"] - 0.5, color="grey", linestyle=":")
+                axis.text(row["epoch"] - 0.45, 1.0, f"stage {row['stage']}", transform=axis.get_xaxis_transform(), fontsize=7, va="top")
+    for axis, label in ((norm_axis, "gradient norm (dashed: largest step)"), (ratio_axis, "update ratio ‖Δw‖ / ‖w‖ over the epoch")):
+        axis.set_yscale("log")
+        axis.set_xlabel("epoch")
+        axis.set_ylabel(label)
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axis.legend(fontsize=7)
+    figure.suptitle(f"{Path(run_dir).name}: gradient flow per layer group (dotted lines: stage boundaries; no point: frozen)", fontsize=9)
+    figure.tight_layout()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(output, dpi=110)
+    plt.close(figure)
+    return output

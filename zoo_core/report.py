@@ -169,6 +169,44 @@ def _component_checks(
     return checks
 
 
+def _gradient_checks(history: Sequence[Mapping[str, Any]], failure: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    """Two lines from the gradient-flow figures: every trained group learned in every epoch, and
+    every frozen tensor stayed as it was (a run that stopped because one moved says which)."""
+    measured = [row for row in history if "frozen_checked" in row]
+    failed_type = (failure or {}).get("type")
+    if not measured and failed_type not in ("GroupNotLearningError", "FrozenMovedError"):
+        detail = "not measured (the run had --no-gradient-flow, or predates the figures)"
+        return [{"check": "every trained group learned", "passed": None, "detail": detail},
+                {"check": "frozen groups stayed still", "passed": None, "detail": detail}]  # fmt: skip
+    silent = []
+    for row in measured:
+        for group in row.get("trainable", ()):
+            norm, ratio = row.get(f"grad_norm_max/{group}"), row.get(f"update_ratio/{group}")
+            if norm is not None and (norm == 0 or ratio == 0):
+                silent.append(f"{group} at epoch {row['epoch']} (stage {row['stage']})")
+    if failure is not None and failed_type == "GroupNotLearningError":  # the run stopped on it (--strict-groups)
+        silent.append(str(failure.get("error", "")))
+    trained = {}
+    for row in measured:
+        trained.setdefault(row["stage"], [group for group in row.get("trainable", ()) if f"grad_norm/{group}" in row])
+    learned_detail = "; ".join(f"stage {stage}: {', '.join(groups) or 'none'}" for stage, groups in sorted(trained.items()))
+    checks = [{
+        "check": "every trained group learned (gradient and weight change above zero each epoch)",
+        "passed": not silent,
+        "detail": f"no gradient or no change: {'; '.join(silent[:5])}" if silent else learned_detail,
+    }]  # fmt: skip
+    if failure is not None and failed_type == "FrozenMovedError":
+        checks.append({"check": "frozen groups stayed still", "passed": False, "detail": str(failure.get("error", ""))})
+    elif measured:
+        checks.append({
+            "check": "frozen groups stayed still",
+            "passed": True,
+            "detail": f"frozen weights and BatchNorm statistics checked unchanged after each of {len(measured)} epochs "
+                      f"({min(row['frozen_checked'] for row in measured)}-{max(row['frozen_checked'] for row in measured)} tensors)",
+        })  # fmt: skip
+    return checks
+
+
 def build_report(run_dir: Path | str, *, monitor_for: Callable[[str], tuple[str, str]] | None = None) -> dict[str, Any]:
     """What the run in ``run_dir`` did and its checklist; ``monitor_for(task)`` gives the run's task's
     (metric, mode) that "best" follows (none: no best is reported)."""
@@ -220,6 +258,7 @@ def build_report(run_dir: Path | str, *, monitor_for: Callable[[str], tuple[str,
         checks.append(
             {"check": "no non-finite loss or skipped step", "passed": skipped == 0 and not bad_rows, "detail": detail}
         )
+        checks += _gradient_checks(history, read_json(run_dir / FAILURE_FILE))
         for row in history:
             stop = row.get("stop")
             if stop:

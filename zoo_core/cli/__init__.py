@@ -201,6 +201,13 @@ def _training_commands(command: Command) -> None:
         "--keep", default="last,best", metavar="LIST",
         help="checkpoints that stay: last (resumable, with optimizer state), best, stages (one per stage); default last,best",
     )  # fmt: skip
+    sub.add_argument(
+        "--gradient-flow", action=argparse.BooleanOptionalAction, default=True,
+        help="log each group's gradient norm and update ratio per epoch and check that frozen groups stay still (default: on)",
+    )  # fmt: skip
+    sub.add_argument(
+        "--strict-groups", action="store_true", help="a group that trains in a stage but gets no gradient or does not change is an error",
+    )  # fmt: skip
     sub.add_argument("--seed", type=int)
     sub.add_argument(
         "--detector", help="detection head over the backbone: fcos (default), retinanet, fasterrcnn, multigrid"
@@ -235,6 +242,7 @@ def _training_commands(command: Command) -> None:
         _handler("train_cmds", "cmd_plot"),
     )  # fmt: skip
     sub.add_argument("run_dirs", nargs="+", metavar="RUN_DIR_OR_EVAL_JSON")
+    sub.add_argument("--grads", action="store_true", help="each layer group's gradient norm and update ratio per epoch (log scale)")
     sub.add_argument("-o", "--output", metavar="FILE.png")
 
     sub = command(

@@ -11,8 +11,9 @@ from ..anatomy import input_config
 from ..engine import distributed
 from ..engine.api import check_model, evaluate, plan_run, prepare
 from ..engine.options import RunOptions
+from ..errors import ZooError
 from ..features import FeatureExtractor
-from ..plot import plot_confusion, plot_runs
+from ..plot import plot_confusion, plot_gradients, plot_runs
 from .common import parse_classes, print_json, registry_for, table
 
 LAUNCH_FLAGS = ("--nproc", "--nnodes", "--node-rank", "--master-addr", "--master-port", "--rdzv-endpoint", "--rdzv-id")
@@ -49,7 +50,7 @@ def run_options(args: Any) -> Any:
         val_fraction=args.val_fraction, workers=args.workers, device=args.device, compile_backend=args.compile,
         use_cache=not args.no_cache, seed=args.seed, detector=args.detector, classes=parse_classes(args.classes),
         data_format=args.data_format, cache_images=args.cache_images, cache_budget=args.cache_budget,
-        strategy=args.strategy, keep=args.keep,
+        strategy=args.strategy, keep=args.keep, gradient_flow=args.gradient_flow, strict_groups=args.strict_groups,
     )  # fmt: skip
 
 
@@ -126,7 +127,6 @@ def cmd_eval(args: Any) -> int:
 
 
 def cmd_predict(args: Any) -> int:
-    from ..errors import ZooError
     from ..inference import image_files, load_model
 
     if args.threshold is not None and not 0 <= args.threshold <= 1:
@@ -174,6 +174,13 @@ def cmd_plot(args: Any) -> int:
     if first.suffix == ".json":  # a `zoo eval --json` result: its confusion matrix
         output = Path(args.output) if args.output else first.with_name(first.stem + "-confusion.png")
         plot_confusion(first, output)
+        print(f"wrote {output}")
+        return 0
+    if args.grads:
+        if len(args.run_dirs) > 1:
+            raise ZooError("zoo plot --grads draws one run; give one RUN_DIR")
+        output = Path(args.output) if args.output else first / "gradients.png"
+        plot_gradients(first, output)
         print(f"wrote {output}")
         return 0
     output = Path(args.output) if args.output else first / "curves.png"

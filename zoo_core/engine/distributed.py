@@ -85,6 +85,13 @@ def broadcast(info: DistInfo, value: Any) -> Any:
     return box[0]
 
 
+def all_reduce(info: DistInfo, tensor: torch.Tensor, op: Any = dist.ReduceOp.SUM) -> torch.Tensor:
+    """``tensor`` reduced in place across the ranks with ``op`` (a ``ReduceOp``); unchanged in one process."""
+    if info.enabled:
+        dist.all_reduce(tensor, op=op)
+    return tensor
+
+
 def shutdown(info: DistInfo) -> None:
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()

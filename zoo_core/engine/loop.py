@@ -28,6 +28,7 @@ from . import distributed
 from .device import DeviceConfig
 from .ema import ModelEma
 from .evaluation import evaluate_model
+from .gradflow import GradientFlow, stage_line
 from .guards import Best, EarlyStopping, NonFiniteGuard, Stop, StopReason, check_drift, drift_ratios, drift_violations
 from .loading import batches
 from .logs import TensorBoardWriter, format_row, progress
@@ -109,6 +110,10 @@ class Engine:
             self.model = shard(self.model, groups)  # before the optimizer: it holds the shards
         self.sharded = is_sharded(self.model)
         self.groups, self.context, self.recipe = groups, context, context.recipe
+        options = context.options
+        self.flow = GradientFlow(
+            self.model, groups, dist=context.dist, sharded=self.sharded, enabled=options.gradient_flow, strict=options.strict_groups
+        )  # after sharding: it watches the parameters the optimizer steps
         self.task, self.dist, self.folder, self.hook = context.task, context.dist, context.folder, context.hook
         recipe = context.recipe
         self.optimizer = build_optimizer(self.model, groups, kind=recipe.optimizer, weight_decay=recipe.weight_decay, momentum=recipe.momentum)
@@ -190,6 +195,9 @@ class Engine:
             row, stopped = self._run_epoch(stage_index, stage, epoch_in_stage, stopper)
             if stopped is not None:
                 break
+        line = stage_line([r for r in self.state.history if r["stage"] == stage_index], [group.name for group in self.groups])
+        if line is not None and self.dist.is_main:
+            log.info("stage %d (%s) %s", stage_index, stage.name or "-", line)
         self.hook.zoo_on_stage_end(run=self.context.info, stage_index=stage_index, stage=stage, metrics=row)
         return stopped
 
@@ -201,6 +209,11 @@ class Engine:
         train_stats = self._train_epoch(stage_index, stage, epoch_in_stage)
         train_stats["train_seconds"] = round(time.perf_counter() - started, 4)
         val = self._validate(stage)
+        # after validation, which must not move a frozen tensor either; before anything is saved
+        train_stats.update(self.flow.end_epoch(
+            stage_index=stage_index, stage_name=stage.name, where=f"stage {stage_index} ({stage.name or '-'}) epoch {epoch_in_stage + 1}",
+            clip=stage.grad_clip, rates=self.setup.rates,
+        ))  # fmt: skip
         row = self._row(stage_index, stage, epoch_in_stage, train_stats, val, time.perf_counter() - started)
         improved = self.state.best.update(val, self.state.position.epoch)
         early = stopper.update(val) if stopper is not None else False
@@ -267,6 +280,7 @@ class Engine:
         count = 0
         where = f"stage {stage_index} epoch {epoch_in_stage + 1}"
         trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.flow.begin_epoch(stage_index, setup.trainable or frozenset(), steps, extra=trainable)
         description = f"stage {stage_index} ({stage.name}) {epoch_in_stage + 1}/{stage.epochs}"
         started = time.perf_counter()
         for index, batch in enumerate(progress(batches(loader), total=steps, description=description, enabled=self.dist.is_main)):
@@ -297,8 +311,13 @@ class Engine:
 
     def _step(self, loss: torch.Tensor, stage: Stage, trainable: list[torch.Tensor]) -> None:
         self.scaler.scale(loss).backward()
-        if stage.grad_clip:
-            self.scaler.unscale_(self.optimizer)
+        if stage.grad_clip or self.flow.enabled:
+            self.scaler.unscale_(self.optimizer)  # the figures and the clip see true gradients under AMP
+        measured = self.flow.record()
+        if stage.grad_clip and measured is not None:  # the norm the figures took is the one clip_grad_norm_ would take
+            total, params = measured
+            torch.nn.utils.clip_grads_with_norm_(params, stage.grad_clip, total)
+        elif stage.grad_clip:
             torch.nn.utils.clip_grad_norm_(trainable, stage.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()

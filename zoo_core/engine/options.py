@@ -84,6 +84,8 @@ class RunOptions:
     cache_budget: int | None = attrs.field(default=None, converter=lambda value: _size(value, "--cache-budget"))  # None: default_budget
     strategy: Strategy = attrs.field(default=Strategy.DDP, converter=Strategy)  # how several processes hold the model
     keep: frozenset[str] = attrs.field(default=DEFAULT_KEEP, converter=_keep)  # the checkpoints that stay (--keep)
+    gradient_flow: bool = True  # per-group gradient figures and the frozen/trainable checks (gradflow)
+    strict_groups: bool = False  # a trainable group that does not learn is an error, not a warning
 
     @classmethod
     def of(cls, recipe: str, model: str, data: str | Path, **choices: Any) -> RunOptions:
