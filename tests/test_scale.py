@@ -228,6 +228,22 @@ def test_fsdp_trains_as_ddp_and_writes_the_usual_checkpoint(workspace, scale_dat
 
 @pytest.mark.slow
 @pytest.mark.distributed
+def test_under_fsdp_the_gradient_figures_of_the_shards_add_up_to_ddps(workspace, scale_data):
+    """Each process holds a shard of every gradient: the squared norms are summed once per epoch."""
+    for name, strategy in (("fsdp", "fsdp"), ("one-node", "ddp")):
+        if not (workspace / name / "metrics.jsonl").exists():  # the tests above leave them; alone, this one runs them
+            code, err = finish(start("finetune", *RUN, "--data", scale_data, "--run-dir", workspace / name, "--nproc", 2, "--strategy", strategy, cwd=workspace))
+            assert code == 0, err
+    rows = {name: [json.loads(line) for line in (workspace / name / "metrics.jsonl").read_text().splitlines()] for name in ("fsdp", "one-node")}
+    for sharded, replicated in zip(rows["fsdp"], rows["one-node"]):
+        figures = [key for key in replicated if key.startswith(("grad_norm", "update_ratio"))]
+        assert figures and figures == [key for key in sharded if key.startswith(("grad_norm", "update_ratio"))]
+        for key in figures:
+            assert sharded[key] == pytest.approx(replicated[key], rel=1e-3), key
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
 def test_an_fsdp_run_resumes_exactly(workspace, scale_data):
     run_dir = workspace / "fsdp-killed"
     args = ("finetune", *RUN, "--data", scale_data, "--nproc", 2, "--strategy", "fsdp", "--set", "stages.0.epochs=3")
