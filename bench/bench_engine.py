@@ -87,10 +87,11 @@ class HandLoop:
 
 
 @contextlib.contextmanager
-def gradient_flow_every_other_epoch(spent: list[float]) -> Iterator[None]:
+def gradient_flow_every_other_epoch(spent: dict[str, float]) -> Iterator[None]:
     """The engine's gradient-flow figures on in odd epochs (1, 3, …) and off in even ones, so on and
-    off epochs of one run see the same machine; ``spent`` collects the seconds each call into the
-    figures took (begin, every step's record, end), to measure their cost directly as well."""
+    off epochs of one run see the same machine; ``spent`` sums the seconds the calls into the figures
+    took, per method (begin and every step's record fall within an epoch's training time, the end
+    after it), to measure their cost directly as well."""
     originals = {name: getattr(GradientFlow, name) for name in ("begin_epoch", "record", "end_epoch")}
     epochs = itertools.count()
 
@@ -101,7 +102,7 @@ def gradient_flow_every_other_epoch(spent: list[float]) -> Iterator[None]:
             started = time.perf_counter()
             result = originals[name](self, *args, **kwargs)
             if self.enabled:
-                spent.append(time.perf_counter() - started)
+                spent[name] = spent.get(name, 0.0) + time.perf_counter() - started
             return result
 
         return call
@@ -137,7 +138,7 @@ def engine_vs_hand_loop(data: Path, out: Path) -> list[tuple[str, str]]:
     host.register(Interleave(), name="bench-interleave")
     overrides = [f"stages.0.epochs={epochs}", "stages.0.schedule=constant", "stages.0.warmup_epochs=0", "stages.0.augment={}",
                  f"stages.0.lr={lr}", f"batch_size={batch}", f"weight_decay={wd}"]
-    spent: list[float] = []
+    spent: dict[str, float] = {}
     with gradient_flow_every_other_epoch(spent):
         result = finetune("full-finetune", f"timm:{ARCH}", data, run_dir=out / "engine", pretrained=False, image_size=SIZE,
                           overrides=overrides, seed=SEED, use_cache=False, registry=Registry(host, load_catalog()))  # fmt: skip
@@ -151,7 +152,8 @@ def engine_vs_hand_loop(data: Path, out: Path) -> list[tuple[str, str]]:
     off_steps = [step for step, on in zip(engine_steps, flow_on) if not on]
     flow_cost = median(on_steps) / median(off_steps)
     on_train_seconds = sum(row["train_seconds"] for row in result.history if "frozen_checked" in row)
-    direct_cost = 1 + sum(spent) / (on_train_seconds - sum(spent))
+    inside = spent["begin_epoch"] + spent["record"]  # within train_seconds; end_epoch runs after them
+    direct_cost = (on_train_seconds + spent["end_epoch"]) / (on_train_seconds - inside)
     engine_weights = torch.load(result.last_checkpoint, weights_only=True)["model_state_dict"]
     hand_weights = hand.model.state_dict()
     equal = all(torch.equal(engine_weights[k], hand_weights[k]) for k in hand_weights)
