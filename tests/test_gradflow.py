@@ -421,3 +421,28 @@ def test_under_compile_layer4_learns_once_its_stage_unfreezes_it(workspace, tmp_
     head, layer4 = result.history
     assert "grad_norm/layer4" not in head
     assert layer4["grad_norm/layer4"] > 0 and layer4["update_ratio/layer4"] > 0
+
+
+@pytest.mark.parametrize("scaler, level", [(False, "WARNING"), (True, "INFO")])
+def test_a_nonfinite_gradient_is_a_warning_unless_a_loss_scaler_skips_it(caplog, scaler, level):
+    import logging
+
+    from zoo_core.engine.distributed import DistInfo
+    from zoo_core.engine.gradflow import GradientFlow
+
+    model = Tiny()
+    flow = GradientFlow(model, tiny_groups(model), dist=DistInfo(), sharded=False, scaler=scaler)
+    flow.begin_epoch(0, frozenset({"body", "head"}), steps=2)
+    for poisoned in (False, True):
+        model(torch.randn(8, 4)).sum().backward()
+        if poisoned:
+            model.head.weight.grad[0, 0] = float("inf")
+        flow.record()
+        model.zero_grad(set_to_none=True)
+    with caplog.at_level(logging.INFO, logger="zoo_core.engine.gradflow"):
+        figures = flow.end_epoch(stage_index=0, stage_name="all", where="stage 0 (all) epoch 1", clip=None, rates={})
+    (record,) = [record for record in caplog.records if "NaN or infinite" in record.getMessage()]
+    assert record.levelname == level
+    assert record.getMessage().startswith("stage 0 (all) epoch 1: the gradient norm of 'head' was NaN or infinite at step 2 of the epoch first (1 step in all)")
+    assert figures["grad_nonfinite_steps"] == 1 and figures["grad_nonfinite_groups"] == ["head"]
+    assert figures["grad_norm/head"] > 0 and figures["grad_norm/head"] == figures["grad_norm_max/head"]  # the finite step alone

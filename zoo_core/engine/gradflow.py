@@ -80,9 +80,13 @@ def _squared_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
 class GradientFlow:
     """Per-group gradient figures and checks for one run; see the module docstring."""
 
-    def __init__(self, model: nn.Module, groups: LayerGroups, *, dist: distributed.DistInfo, sharded: bool, enabled: bool = True, strict: bool = False) -> None:
+    def __init__(
+        self, model: nn.Module, groups: LayerGroups, *, dist: distributed.DistInfo, sharded: bool, enabled: bool = True,
+        strict: bool = False, scaler: bool = False,
+    ) -> None:  # fmt: skip
+        """``scaler``: an fp16 GradScaler skips steps with non-finite gradients, as it calibrates."""
         self.model, self.groups, self.dist, self.sharded = model, groups, dist, sharded
-        self.enabled, self.strict = enabled, strict
+        self.enabled, self.strict, self.scaler = enabled, strict, scaler
         self._params = dict(model.named_parameters())
         self._frozen_for: tuple[int, frozenset[str]] | None = None  # the stage and trainable set the checksums were taken for
         self._warned: set[tuple[int, str]] = set()  # (stage, group): one warning per stage
@@ -203,11 +207,14 @@ class GradientFlow:
             culprits = [group for group, bad in zip(self.tracked, (~finite[first]).tolist()) if bad]
             figures["grad_nonfinite_steps"] = int(bad_steps.sum())
             figures["grad_nonfinite_groups"] = culprits
-            (log.warning if self.dist.is_main else log.debug)(
-                "%s: the gradient norm of %s was NaN or infinite at step %d of the epoch first (%d step%s in all); "
-                "under AMP the loss scaler skips such steps, otherwise the weights are poisoned",
-                where, ", ".join(f"'{group}'" for group in culprits), first + 1, int(bad_steps.sum()), "s" if int(bad_steps.sum()) != 1 else "",
-            )  # fmt: skip
+            if self.dist.is_main:
+                count = int(bad_steps.sum())
+                # under an fp16 loss scaler such steps are skipped while it finds its scale: expected, not alarming
+                (log.info if self.scaler else log.warning)(
+                    "%s: the gradient norm of %s was NaN or infinite at step %d of the epoch first (%d step%s in all); %s",
+                    where, ", ".join(f"'{group}'" for group in culprits), first + 1, count, "s" if count != 1 else "",
+                    "the AMP loss scaler skipped those steps" if self.scaler else "the optimizer stepped with them, poisoning the weights",
+                )  # fmt: skip
         return figures
 
     def _check_frozen(self, changed: list[str], where: str) -> None:

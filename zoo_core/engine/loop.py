@@ -112,7 +112,8 @@ class Engine:
         self.groups, self.context, self.recipe = groups, context, context.recipe
         options = context.options
         self.flow = GradientFlow(
-            self.model, groups, dist=context.dist, sharded=self.sharded, enabled=options.gradient_flow, strict=options.strict_groups
+            self.model, groups, dist=context.dist, sharded=self.sharded, enabled=options.gradient_flow, strict=options.strict_groups,
+            scaler=context.device.use_scaler,
         )  # after sharding: it watches the parameters the optimizer steps
         self.task, self.dist, self.folder, self.hook = context.task, context.dist, context.folder, context.hook
         recipe = context.recipe
