@@ -44,8 +44,9 @@ def local(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def checksums(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Two integer checksums per tensor over its bytes (their sum, and their sum weighted by
-    position), on the tensor's device: no copy to the host, exact for any dtype.
+    """Two integer checksums per tensor over its bytes read as integers (their sum, and their sum
+    weighted by position), on the tensor's device, for any dtype: a change of any one value alters
+    the first, values trading places alter the second (Fletcher's idea).
 
     A hash on the host (``freeze.fingerprint``) would copy every frozen tensor off the GPU each
     epoch; these are two reductions each, and one small transfer for all of them.
