@@ -182,6 +182,8 @@ def _gradient_checks(history: Sequence[Mapping[str, Any]], failure: Mapping[str,
     for row in measured:
         for group in row.get("trainable", ()):
             norm, ratio = row.get(f"grad_norm_max/{group}"), row.get(f"update_ratio/{group}")
+            if row.get(f"lr/{group}") == 0:  # asked to stand still, as the engine's check allows
+                continue
             if norm is not None and (norm == 0 or ratio == 0):
                 silent.append(f"{group} at epoch {row['epoch']} (stage {row['stage']})")
     if failure is not None and failed_type == "GroupNotLearningError":  # the run stopped on it (--strict-groups)
