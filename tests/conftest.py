@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -201,6 +202,33 @@ def installed_packages(tmp_path_factory: pytest.TempPathFactory) -> Callable[[Pa
         return cache[package]
 
     return install
+
+
+def plugin_pyproject(distribution: str, module: str, entry: str) -> str:
+    """The ``pyproject.toml`` of a throwaway plugin: ``module`` under the ``zoo`` entry point ``entry``."""
+    return textwrap.dedent(f"""
+        [build-system]
+        requires = ["hatchling"]
+        build-backend = "hatchling.build"
+
+        [project]
+        name = "{distribution}"
+        version = "0.0.1"
+
+        [project.entry-points.zoo]
+        {entry} = "{module}"
+
+        [tool.hatch.build.targets.wheel]
+        packages = ["{module}"]
+    """).lstrip()
+
+
+def write_package(root: Path, files: dict[str, str]) -> Path:
+    """A package folder from ``{relative path: text}``, each text dedented; returns ``root``."""
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(textwrap.dedent(text).lstrip())
+    return root
 
 
 @pytest.fixture

@@ -10,34 +10,19 @@ from __future__ import annotations
 
 import json
 import math
-import textwrap
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from conftest import write_image_folder
+from conftest import plugin_pyproject, write_image_folder, write_package
 
 MODEL = "timm:test_resnet"
 FAST = ("--no-pretrained", "--image-size", "32", "--set", "batch_size=8")
 STEPS_PER_EPOCH = 3  # 24 training images in batches of 8
 
 FAULTY_PLUGIN = {
-    "pyproject.toml": """
-        [build-system]
-        requires = ["hatchling"]
-        build-backend = "hatchling.build"
-
-        [project]
-        name = "zoo-faulty-task"
-        version = "0.0.1"
-
-        [project.entry-points.zoo]
-        faulty = "zoo_faulty_task"
-
-        [tool.hatch.build.targets.wheel]
-        packages = ["zoo_faulty_task"]
-    """,
+    "pyproject.toml": plugin_pyproject("zoo-faulty-task", "zoo_faulty_task", "faulty"),
     "zoo_faulty_task/__init__.py": '''
         """A throwaway Zoo plugin: classification whose training goes wrong at chosen steps."""
 
@@ -85,11 +70,7 @@ FAULTY_PLUGIN = {
 
 @pytest.fixture(scope="module")
 def faulty_plugin(tmp_path_factory: pytest.TempPathFactory, installed_packages) -> Path:
-    package = tmp_path_factory.mktemp("faulty-plugin")
-    for name, text in FAULTY_PLUGIN.items():
-        (package / name).parent.mkdir(parents=True, exist_ok=True)
-        (package / name).write_text(textwrap.dedent(text).lstrip())
-    return installed_packages(package)
+    return installed_packages(write_package(tmp_path_factory.mktemp("faulty-plugin"), FAULTY_PLUGIN))
 
 
 @pytest.fixture

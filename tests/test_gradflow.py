@@ -5,13 +5,12 @@ meant to learn does not, or a frozen one moves (in the Engine, through the CLI, 
 from __future__ import annotations
 
 import json
-import textwrap
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from conftest import write_image_folder
+from conftest import plugin_pyproject, write_image_folder, write_package
 from torch import nn
 
 MODEL = "timm:test_resnet"
@@ -30,24 +29,8 @@ epochs = 2
 train = ["layer4", "head"]
 lr = 1e-2
 """
-GROUPS = ("stem", "layer1", "layer2", "layer3", "layer4", "head")
-
 MEDDLING_PLUGIN = {
-    "pyproject.toml": """
-        [build-system]
-        requires = ["hatchling"]
-        build-backend = "hatchling.build"
-
-        [project]
-        name = "zoo-meddling-task"
-        version = "0.0.1"
-
-        [project.entry-points.zoo]
-        meddling = "zoo_meddling_task"
-
-        [tool.hatch.build.targets.wheel]
-        packages = ["zoo_meddling_task"]
-    """,
+    "pyproject.toml": plugin_pyproject("zoo-meddling-task", "zoo_meddling_task", "meddling"),
     "zoo_meddling_task/__init__.py": '''
         """A throwaway Zoo plugin: classification whose forward meddles with the model ($ZOO_MEDDLE)."""
 
@@ -160,6 +143,15 @@ def test_plot_grads_draws_one_picture(zoo, two_stage_run, tmp_path):
     assert result.code == 0, result
     with Image.open(tmp_path / "grads.png") as image:
         assert image.size[0] > 800
+
+
+@pytest.mark.parametrize("targets", [("RUN", "RUN"), ("eval.json",)])
+def test_plot_grads_of_several_runs_or_an_eval_json_is_one_line_and_writes_nothing(zoo, two_stage_run, targets):
+    Path("eval.json").write_text('{"confusion_matrix": {"classes": ["a"], "counts": [[1]]}}')
+    result = zoo("plot", *[two_stage_run if target == "RUN" else target for target in targets], "--grads")
+    assert result.code == 2
+    assert result.err.strip() == "zoo: error: zoo plot --grads draws the gradient flow of one run; give one RUN_DIR (not several, not an eval JSON)"
+    assert not Path("eval-confusion.png").exists() and not (two_stage_run / "gradients.png").exists()
 
 
 def test_each_stage_ends_with_one_gradient_flow_line(zoo, tmp_path):
@@ -312,11 +304,7 @@ def test_checksums_see_a_one_ulp_change_and_a_swap_of_two_values():
 
 @pytest.fixture(scope="module")
 def meddling_plugin(tmp_path_factory: pytest.TempPathFactory, installed_packages) -> Path:
-    package = tmp_path_factory.mktemp("meddling-plugin")
-    for name, text in MEDDLING_PLUGIN.items():
-        (package / name).parent.mkdir(parents=True, exist_ok=True)
-        (package / name).write_text(textwrap.dedent(text).lstrip())
-    return installed_packages(package)
+    return installed_packages(write_package(tmp_path_factory.mktemp("meddling-plugin"), MEDDLING_PLUGIN))
 
 
 @pytest.fixture

@@ -171,14 +171,14 @@ def cmd_features(args: Any) -> int:
 def cmd_plot(args: Any) -> int:
 
     first = Path(args.run_dirs[0])
+    if args.grads and (len(args.run_dirs) > 1 or first.suffix == ".json"):
+        raise ZooError("zoo plot --grads draws the gradient flow of one run; give one RUN_DIR (not several, not an eval JSON)")
     if first.suffix == ".json":  # a `zoo eval --json` result: its confusion matrix
         output = Path(args.output) if args.output else first.with_name(first.stem + "-confusion.png")
         plot_confusion(first, output)
         print(f"wrote {output}")
         return 0
     if args.grads:
-        if len(args.run_dirs) > 1:
-            raise ZooError("zoo plot --grads draws one run; give one RUN_DIR")
         output = Path(args.output) if args.output else first / "gradients.png"
         plot_gradients(first, output)
         print(f"wrote {output}")
