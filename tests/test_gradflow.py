@@ -434,3 +434,11 @@ def test_a_nonfinite_gradient_is_a_warning_unless_a_loss_scaler_skips_it(caplog,
     assert record.getMessage().startswith("stage 0 (all) epoch 1: the gradient norm of 'head' was NaN or infinite at step 2 of the epoch first (1 step in all)")
     assert figures["grad_nonfinite_steps"] == 1 and figures["grad_nonfinite_groups"] == ["head"]
     assert figures["grad_norm/head"] > 0 and figures["grad_norm/head"] == figures["grad_norm_max/head"]  # the finite step alone
+
+
+def test_report_of_a_run_that_froze_nothing_says_so(zoo, tmp_path):
+    data = write_image_folder(tmp_path / "data", classes=3, per_class=8)
+    assert zoo("finetune", "--recipe", "full-finetune", "--model", MODEL, *FAST, "--data", data, "--run-dir", "run",
+               "--set", "stages.0.epochs=1", "--set", "batch_size=8").code == 0  # fmt: skip
+    (still,) = [check for check in json.loads(zoo("report", "run", "--json").out)["checks"] if check["check"] == "frozen groups stayed still"]
+    assert still == {"check": "frozen groups stayed still", "passed": True, "detail": "nothing was frozen in its 1 epoch"}

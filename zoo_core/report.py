@@ -200,11 +200,13 @@ def _gradient_checks(history: Sequence[Mapping[str, Any]], failure: Mapping[str,
     if failure is not None and failed_type == "FrozenMovedError":
         checks.append({"check": "frozen groups stayed still", "passed": False, "detail": str(failure.get("error", ""))})
     elif measured:
+        counts = sorted({row["frozen_checked"] for row in measured})
+        tensors = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]} to {counts[-1]}"
         checks.append({
             "check": "frozen groups stayed still",
             "passed": True,
-            "detail": f"frozen weights and BatchNorm statistics checked unchanged after each of {len(measured)} epochs "
-                      f"({min(row['frozen_checked'] for row in measured)}-{max(row['frozen_checked'] for row in measured)} tensors)",
+            "detail": f"frozen weights and BatchNorm statistics checked unchanged after each of {len(measured)} epochs ({tensors} tensors)"
+                      if counts[-1] else f"nothing was frozen in its {len(measured)} epoch{'s' if len(measured) != 1 else ''}",
         })  # fmt: skip
     return checks
 
